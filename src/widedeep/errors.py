@@ -3,8 +3,8 @@
 Every message says what was expected, what was found, and where (file, column, row or key)::
 
     WideDeepError            base class: catch this to handle any widedeep problem
-    ├── ConfigError          a config file or argument is invalid (all problems listed at once)
-    ├── SchemaError          the feature schema or the data do not agree (column, row, dtype)
+    ├── ConfigError          a config, schema document or argument is invalid (all problems at once)
+    ├── SchemaError          a table does not match the schema (names the column, row, dtype)
     ├── NotFittedError       a preprocessor was used before ``fit``
     └── BundleError          a saved bundle is missing, changed, truncated or of another version
 """

@@ -1,0 +1,191 @@
+"""The run configuration: data, schema, model and training, read from YAML with overrides.
+
+Unknown keys and wrong types are errors, and every problem of a file is reported at once.
+``--set a.b=value`` overrides (value parsed as YAML) are applied before validation, so an
+override is checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+
+from widedeep.config_base import Record, validate_model
+from widedeep.errors import ConfigError
+from widedeep.features.schema import FeatureSchema
+from widedeep.model.deep import ACTIVATIONS
+
+BUILTIN_DATASETS = ("adult",)
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class DataConfig(Record):
+    """Where the tables come from: a built-in data set or files, split when needed."""
+
+    builtin: Literal["adult"] | None = None
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+    validation_fraction: Fraction = 0.1
+    test_fraction: Fraction = 0.1
+    split_seed: int = 42
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.builtin is None) == (self.train is None):
+            raise ValueError("give exactly one of data.builtin or data.train")
+        if self.validation_fraction + self.test_fraction >= 1.0:
+            raise ValueError("validation_fraction + test_fraction must be below 1")
+        return self
+
+
+class ModelConfig(Record):
+    """The model: which parts, how they combine, the MLP. Defaults follow the paper."""
+
+    parts: Literal["wide_deep", "wide", "deep"] = "wide_deep"
+    combine: Literal["sum", "mean"] = "sum"
+    wide_bias: bool = True
+    hidden_units: tuple[Annotated[int, Field(ge=1)], ...] = (256, 128)
+    activation: str = "relu"
+    dropout: Fraction = 0.0
+    dropout_placement: Literal["each", "last"] = "each"
+    batch_norm: bool = False
+    embed_reg: Annotated[float, Field(ge=0.0)] = 0.0
+    w_reg: Annotated[float, Field(ge=0.0)] = 0.0
+
+    @field_validator("activation")
+    @classmethod
+    def _known_activation(cls, value: str) -> str:
+        if value not in ACTIVATIONS:
+            raise ValueError(f"unknown activation '{value}', expected one of {sorted(ACTIVATIONS)}")
+        return value
+
+
+class OptimizerConfig(Record):
+    """One part's optimizer. ``l1``, ``l2`` and ``beta`` are FTRL-Proximal's."""
+
+    name: Literal["ftrl", "adagrad", "adam", "sgd"]
+    lr: Annotated[float, Field(gt=0.0)]
+    l1: Annotated[float, Field(ge=0.0)] = 0.0
+    l2: Annotated[float, Field(ge=0.0)] = 0.0
+    beta: Annotated[float, Field(ge=0.0)] = 1.0
+
+    @model_validator(mode="after")
+    def _ftrl_only_keys(self) -> OptimizerConfig:
+        if self.name != "ftrl" and (self.l1 or self.l2 or self.beta != 1.0):
+            raise ValueError(f"l1, l2 and beta are FTRL settings; optimizer '{self.name}' has none")
+        return self
+
+
+class EarlyStoppingConfig(Record):
+    """Stop when the validation ``metric`` has not improved for ``patience`` epochs."""
+
+    metric: Literal["auc", "logloss", "accuracy", "rmse", "mae"] = "auc"
+    patience: Annotated[int, Field(ge=1)] = 2
+    min_delta: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class TrainConfig(Record):
+    """The training loop's settings; the paper's optimizer pairing by default."""
+
+    epochs: Annotated[int, Field(ge=1)] = 10
+    batch_size: Annotated[int, Field(ge=1)] = 1024
+    eval_batch_size: Annotated[int, Field(ge=1)] = 16384
+    seed: int = 0
+    device: str = "auto"
+    threads: Annotated[int, Field(ge=1)] | None = None
+    wide_optimizer: OptimizerConfig = OptimizerConfig(name="ftrl", lr=0.1, l1=1e-4, l2=1e-4)
+    deep_optimizer: OptimizerConfig = OptimizerConfig(name="adagrad", lr=0.05)
+    early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
+    progress: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in ("auto", "cpu") and not value.startswith("cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got '{value}'")
+        return value
+
+    @field_validator("deep_optimizer")
+    @classmethod
+    def _deep_not_ftrl(cls, value: OptimizerConfig) -> OptimizerConfig:
+        if value.name == "ftrl":
+            raise ValueError(
+                "FTRL re-derives every weight from its accumulators, which erases the deep "
+                "part's random initialization; use adagrad, adam or sgd for the deep part"
+            )
+        return value
+
+
+class RunConfig(Record):
+    """Everything one training run needs."""
+
+    data: DataConfig
+    feature_schema: FeatureSchema = Field(alias="schema")
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _has_label(self) -> RunConfig:
+        if self.feature_schema.label is None:
+            raise ValueError("schema.label is required for training")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data that ``RunConfig.from_dict`` reads back into an equal config."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "config") -> RunConfig:
+        """Validate plain data (every problem listed at once)."""
+        return validate_model(cls, data, where)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (value parsed as YAML; list items by index)."""
+    result = copy.deepcopy(data)
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got '{override}'")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {key}: value '{raw}' is not valid YAML: {error}") from None
+        node: Any = result
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {key}: '{part}' is not an index of a {len(node)}-item list")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"--set {key}: '{'.'.join(parts[:i])}' is not a mapping")
+    return result
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config (``safe_load`` only) and apply ``overrides``."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: expected a mapping at the top level")
+    return RunConfig.from_dict(apply_overrides(data, overrides or []), where=str(path))

@@ -1,0 +1,46 @@
+"""Strict, frozen config records and the one place pydantic's errors become ConfigError.
+
+Every config record forbids unknown keys (a typo is an error, not silently ignored) and is
+immutable once built. ``validate_model`` reports every problem of a document at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from widedeep.errors import ConfigError
+
+
+class Record(BaseModel):
+    """Base class of every config record: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def format_validation_error(error: ValidationError, where: str) -> str:
+    """One line per problem: the dotted key path, then what was wrong."""
+    lines = []
+    for problem in error.errors():
+        path = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif "input" in problem and problem["type"] not in ("missing",):
+            message = f"{message} (got {problem['input']!r})"
+        lines.append(f"  - {path}: {message}")
+    count = len(lines)
+    header = f"{where}: {count} problem{'s' if count != 1 else ''}"
+    return header + "\n" + "\n".join(lines)
+
+
+def validate_model(cls: type[R], data: Any, where: str) -> R:
+    """Build ``cls`` from plain data, raising ConfigError that lists every problem."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, where)) from None

@@ -1,0 +1,1 @@
+"""Encoded data as tensors and batches."""

@@ -1,0 +1,644 @@
+"""The fitted transformer: raw table -> encoded numpy arrays, with its state saved as JSON.
+
+Follows the scikit-learn contract: the constructor only stores the schema, ``fit`` learns the
+state (``state_``), ``transform`` refuses to run before that. Every step works on whole columns
+(polars / numpy); no row is visited in Python. Unseen categories map to id 1 and are counted
+in the ``TransformReport``, never raised; malformed data raises SchemaError naming the column
+and the first bad row (rows are counted from 0).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+from numpy.typing import NDArray
+
+from widedeep.errors import NotFittedError, SchemaError
+from widedeep.features import hashing
+from widedeep.features.layout import FeatureLayout, SparseField, default_embedding_dim
+from widedeep.features.schema import (
+    FIRST_ID,
+    PADDING_ID,
+    UNKNOWN_ID,
+    BucketizedFeature,
+    CategoricalFeature,
+    CrossFeature,
+    Feature,
+    FeatureSchema,
+    HashedFeature,
+    MultiCategoricalFeature,
+    NumericFeature,
+)
+from widedeep.tables import TableSource, describe_source, read_table
+
+STATE_VERSION = 1
+IdArray = NDArray[np.int64]
+FloatArray = NDArray[np.float64]
+
+
+@dataclass
+class ColumnReport:
+    """What ``transform`` met in one feature: unseen values, missing values, truncated lists."""
+
+    unseen: int = 0
+    missing: int = 0
+    truncated: int = 0
+
+
+@dataclass
+class TransformReport:
+    """Per-feature counts of values that did not map to a learned id."""
+
+    rows: int
+    columns: dict[str, ColumnReport] = field(default_factory=dict)
+
+    def notable(self) -> dict[str, ColumnReport]:
+        """Only the features with something to report."""
+        return {
+            name: c for name, c in self.columns.items() if c.unseen or c.missing or c.truncated
+        }
+
+    def __str__(self) -> str:
+        lines = [
+            f"{name}: {c.unseen} unseen, {c.missing} missing, {c.truncated} truncated"
+            for name, c in self.notable().items()
+        ]
+        return f"{self.rows} rows" + ("; " + "; ".join(lines) if lines else "; all values known")
+
+
+@dataclass(frozen=True)
+class EncodedTable:
+    """A table encoded for the model, in the column order of ``layout``.
+
+    ids: (N, F) int64 single-valued ids; multi_ids: one (N, L) int64 matrix per multi-valued
+    field (0 = padding); dense: (N, D) float32; labels: (N,) float32, or None.
+    """
+
+    ids: IdArray
+    multi_ids: tuple[IdArray, ...]
+    dense: NDArray[np.float32]
+    labels: NDArray[np.float32] | None
+    report: TransformReport
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@dataclass(frozen=True)
+class _Tokens:
+    """Hashes of one cross component: (N, L) hashes and a validity mask (L = 1 if single)."""
+
+    hashes: NDArray[np.uint64]
+    valid: NDArray[np.bool_]
+
+
+class Preprocessor:
+    """Fits vocabularies, statistics and boundaries on a training table; encodes tables."""
+
+    def __init__(self, schema: FeatureSchema) -> None:
+        self.schema = schema
+        self.state_: dict[str, dict[str, Any]] | None = None
+
+    # ----------------------------------------------------------------------------- fitting
+    def fit(self, source: TableSource) -> Preprocessor:
+        """Learn each feature's state from the training table ``source``."""
+        where = describe_source(source)
+        frame = read_table(source)
+        _check_table(frame, self.schema, where, need_label=self.schema.label is not None)
+        state: dict[str, dict[str, Any]] = {}
+        for feature in self.schema.features:
+            state[feature.name] = _fit_feature(feature, frame, where)
+        if self.schema.label is not None:
+            _encode_labels(frame, self.schema, where)  # fails early on a bad label column
+        self.state_ = state
+        return self
+
+    def fit_transform(self, source: TableSource) -> EncodedTable:
+        """``fit`` then ``transform`` on the same table (read once)."""
+        frame = read_table(source)
+        where = describe_source(source)
+        self.fit(frame)
+        return self._transform_frame(frame, where, with_labels=None)
+
+    # --------------------------------------------------------------------------- transform
+    def transform(self, source: TableSource, *, with_labels: bool | None = None) -> EncodedTable:
+        """Encode ``source``. ``with_labels``: None = if the label column is there, True = must."""
+        self._check_fitted()
+        return self._transform_frame(read_table(source), describe_source(source), with_labels)
+
+    def _transform_frame(
+        self, frame: pl.DataFrame, where: str, with_labels: bool | None
+    ) -> EncodedTable:
+        label = self.schema.label
+        has_label = label is not None and label.column in frame.columns
+        if with_labels and label is None:
+            raise SchemaError("labels were asked for, but the schema declares no label")
+        need_label = bool(with_labels) or (with_labels is None and has_label)
+        _check_table(frame, self.schema, where, need_label=need_label)
+        state = self._check_fitted()
+        layout = self.layout
+        report = TransformReport(rows=frame.height)
+        encoded: dict[str, IdArray] = {}
+        tokens: dict[str, _Tokens] = {}
+        needed = {f.name for f in layout.fields}
+        for feature in self.schema.features:
+            if isinstance(feature, CrossFeature) and feature.name in needed:
+                encoded[feature.name] = _encode_cross(feature, frame, state, tokens, self.schema)
+            elif feature.name in needed:
+                column_report = ColumnReport()
+                encoded[feature.name] = _encode_sparse(
+                    feature, frame, state[feature.name], where, column_report
+                )
+                report.columns[feature.name] = column_report
+        n = frame.height
+        ids = (
+            np.stack([encoded[f.name] for f in layout.single], axis=1)
+            if layout.single
+            else np.zeros((n, 0), dtype=np.int64)
+        )
+        multi = tuple(encoded[f.name] for f in layout.multi)
+        dense_columns = [
+            _encode_numeric(self.schema.feature(name), frame, state[name], where)  # type: ignore[arg-type]
+            for name in layout.dense
+        ]
+        dense = (
+            np.stack(dense_columns, axis=1).astype(np.float32)
+            if dense_columns
+            else np.zeros((n, 0), dtype=np.float32)
+        )
+        labels = _encode_labels(frame, self.schema, where) if need_label else None
+        return EncodedTable(
+            ids=np.ascontiguousarray(ids, dtype=np.int64),
+            multi_ids=multi,
+            dense=np.ascontiguousarray(dense),
+            labels=labels,
+            report=report,
+        )
+
+    # ------------------------------------------------------------------------------ layout
+    @property
+    def layout(self) -> FeatureLayout:
+        """The encoded columns this preprocessor produces (needs ``fit``)."""
+        state = self._check_fitted()
+        wide, deep = set(self.schema.wide_names), set(self.schema.deep_names)
+        single: list[SparseField] = []
+        multi: list[SparseField] = []
+        dense: list[str] = []
+        for feature in self.schema.features:
+            if feature.name not in wide and feature.name not in deep:
+                continue
+            if isinstance(feature, NumericFeature):
+                dense.append(feature.name)
+                continue
+            cardinality = _cardinality(feature, state[feature.name])
+            is_multi = self._is_multi_valued(feature)
+            sparse = SparseField(
+                name=feature.name,
+                cardinality=cardinality,
+                embedding_dim=feature.embedding_dim or default_embedding_dim(cardinality),
+                wide=feature.name in wide,
+                deep=feature.name in deep,
+                multi_valued=is_multi,
+                pooling=feature.pooling if isinstance(feature, MultiCategoricalFeature) else "sum",
+            )
+            (multi if is_multi else single).append(sparse)
+        return FeatureLayout(single=tuple(single), multi=tuple(multi), dense=tuple(dense))
+
+    def _is_multi_valued(self, feature: Feature) -> bool:
+        if isinstance(feature, MultiCategoricalFeature):
+            return True
+        if isinstance(feature, CrossFeature):
+            return any(self._is_multi_valued(self.schema.feature(p)) for p in feature.features)
+        return False
+
+    # ------------------------------------------------------------------------- persistence
+    def to_dict(self) -> dict[str, Any]:
+        """The schema and fitted state as plain JSON-ready data."""
+        return {
+            "version": STATE_VERSION,
+            "schema": self.schema.to_dict(),
+            "state": self._check_fitted(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessor:
+        """Rebuild a fitted preprocessor from ``to_dict`` output."""
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            version = data.get("version") if isinstance(data, dict) else None
+            raise SchemaError(
+                f"preprocessor state: expected version {STATE_VERSION}, got {version!r}"
+            )
+        preprocessor = cls(FeatureSchema.from_dict(data["schema"], where="preprocessor schema"))
+        state = data.get("state")
+        names = {f.name for f in preprocessor.schema.features}
+        if not isinstance(state, dict) or set(state) != names:
+            raise SchemaError("preprocessor state does not match its schema's features")
+        preprocessor.state_ = state
+        return preprocessor
+
+    def save(self, path: str | Path) -> None:
+        """Write the fitted state as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Preprocessor:
+        """Read a preprocessor written by ``save``."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def _check_fitted(self) -> dict[str, dict[str, Any]]:
+        if self.state_ is None:
+            raise NotFittedError(
+                "this Preprocessor is not fitted yet: call fit(table) before transform"
+            )
+        return self.state_
+
+
+# ------------------------------------------------------------------------- column access
+
+
+def _check_table(frame: pl.DataFrame, schema: FeatureSchema, where: str, need_label: bool) -> None:
+    """The table is non-empty and has every column the schema reads (all missing listed)."""
+    required = list(schema.input_columns)
+    if need_label and schema.label is not None:
+        required.append(schema.label.column)
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        listed = ", ".join(f"'{c}'" for c in missing)
+        raise SchemaError(
+            f"{where}: missing column{'s' if len(missing) > 1 else ''} {listed} "
+            f"(the table has {len(frame.columns)} columns: {', '.join(frame.columns[:20])})"
+        )
+    if frame.height == 0:
+        raise SchemaError(f"{where}: the table is empty (0 rows)")
+
+
+def _strings(frame: pl.DataFrame, feature: Feature, where: str) -> pl.Series:
+    """The feature's column as strings; integers, booleans and categoricals are accepted."""
+    column = feature.source_column
+    series = frame.get_column(column)
+    dtype = series.dtype
+    if dtype == pl.String:
+        return series
+    if dtype.is_integer() or dtype == pl.Boolean or dtype in (pl.Categorical, pl.Enum):
+        return series.cast(pl.String)
+    raise SchemaError(
+        f"Column '{column}' of {where}: feature '{feature.name}' ({feature.kind}) expects "
+        f"strings or integers, got {dtype}"
+    )
+
+
+def _numbers(frame: pl.DataFrame, column: str, where: str, feature_name: str) -> FloatArray:
+    """The column as float64 with NaN for missing; text that is not a number is an error."""
+    series = frame.get_column(column)
+    dtype = series.dtype
+    if dtype == pl.String:
+        converted = series.str.strip_chars().cast(pl.Float64, strict=False)
+        bad = converted.is_null() & series.is_not_null() & (series.str.strip_chars() != "")
+        if bad.any():
+            row = int(bad.arg_true()[0])
+            raise SchemaError(
+                f"Column '{column}' of {where}: expected a number, got {series[row]!r} "
+                f"in row {row} (feature '{feature_name}')"
+            )
+        series = converted
+    elif not (dtype.is_numeric() or dtype == pl.Boolean):
+        raise SchemaError(
+            f"Column '{column}' of {where}: feature '{feature_name}' expects numbers, got {dtype}"
+        )
+    values = series.cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    values = np.asarray(values, dtype=np.float64)
+    infinite = np.isinf(values)
+    if infinite.any():
+        row = int(np.flatnonzero(infinite)[0])
+        raise SchemaError(
+            f"Column '{column}' of {where}: infinite value {values[row]} in row {row} "
+            f"(feature '{feature_name}'); only finite numbers or missing values are allowed"
+        )
+    return values
+
+
+def _list_values(frame: pl.DataFrame, feature: MultiCategoricalFeature, where: str) -> pa.Array:
+    """The multi-valued column as an Arrow large_list<large_string> array."""
+    column = feature.source_column
+    series = frame.get_column(column)
+    if series.dtype == pl.String:
+        series = series.str.split(feature.separator)
+    elif not isinstance(series.dtype, pl.List):
+        raise SchemaError(
+            f"Column '{column}' of {where}: feature '{feature.name}' (multi_categorical) expects "
+            f"a list column or '{feature.separator}'-separated strings, got {series.dtype}"
+        )
+    inner = series.dtype.inner  # type: ignore[attr-defined]
+    if inner != pl.String:
+        if not (inner.is_integer() or inner == pl.Boolean):
+            raise SchemaError(
+                f"Column '{column}' of {where}: feature '{feature.name}' expects lists of "
+                f"strings or integers, got {series.dtype}"
+            )
+        series = series.cast(pl.List(pl.String))
+    return pc.cast(series.to_arrow(), pa.large_list(pa.large_string()))
+
+
+# ------------------------------------------------------------------------------- fitting
+
+
+def _vocabulary(values: pl.Series, min_count: int, max_size: int | None) -> list[str]:
+    """Values seen at least ``min_count`` times, most frequent first (ties by value)."""
+    counts = values.drop_nulls().value_counts(name="count")
+    name = values.name
+    counts = counts.filter(pl.col("count") >= min_count).sort(
+        ["count", name], descending=[True, False]
+    )
+    if max_size is not None:
+        counts = counts.head(max_size)
+    return [str(v) for v in counts.get_column(name).to_list()]
+
+
+def _fit_feature(feature: Feature, frame: pl.DataFrame, where: str) -> dict[str, Any]:
+    if isinstance(feature, CategoricalFeature):
+        values = _strings(frame, feature, where)
+        return {"vocabulary": _vocabulary(values, feature.min_count, feature.max_size)}
+    if isinstance(feature, MultiCategoricalFeature):
+        lists = _list_values(frame, feature, where)
+        flat = pl.Series("value", pc.list_flatten(lists))
+        lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
+        longest = int(lengths.max()) if len(lengths) else 1
+        return {
+            "vocabulary": _vocabulary(flat, feature.min_count, feature.max_size),
+            "max_values": feature.max_values or max(1, longest),
+        }
+    if isinstance(feature, NumericFeature):
+        return _fit_numeric(feature, frame, where)
+    if isinstance(feature, BucketizedFeature):
+        if feature.boundaries is not None:
+            return {"boundaries": list(feature.boundaries)}
+        values = _observed(feature, frame, where)
+        assert feature.num_buckets is not None
+        probs = np.arange(1, feature.num_buckets) / feature.num_buckets
+        return {"boundaries": np.unique(np.quantile(values, probs)).tolist()}
+    if isinstance(feature, HashedFeature):
+        _strings(frame, feature, where)  # dtype check only
+        return {}
+    return {}  # crosses hash their components; nothing to learn
+
+
+def _observed(feature: NumericFeature | BucketizedFeature, frame: pl.DataFrame, where: str) -> FloatArray:
+    values = _numbers(frame, feature.source_column, where, feature.name)
+    observed = values[~np.isnan(values)]
+    if observed.size == 0:
+        raise SchemaError(
+            f"Column '{feature.source_column}' of {where}: every value is missing, "
+            f"nothing to fit feature '{feature.name}' on"
+        )
+    return observed
+
+
+def _fit_numeric(feature: NumericFeature, frame: pl.DataFrame, where: str) -> dict[str, Any]:
+    values = _numbers(frame, feature.source_column, where, feature.name)
+    missing = np.isnan(values)
+    if feature.fill == "error" and missing.any():
+        _raise_missing(feature, values, where)
+    observed = _observed(feature, frame, where)
+    fill = {
+        "mean": lambda: float(observed.mean()),
+        "median": lambda: float(np.median(observed)),
+        "zero": lambda: 0.0,
+        "value": lambda: float(feature.fill_value or 0.0),
+        "error": lambda: 0.0,
+    }[feature.fill]()
+    state: dict[str, Any] = {"fill": fill}
+    filled = np.where(missing, fill, values)
+    if feature.transform == "log1p":
+        _check_log1p(feature, filled, where)
+    elif feature.transform == "standardize":
+        std = float(filled.std())
+        state.update(mean=float(filled.mean()), std=std if std > 0 else 1.0)
+    elif feature.transform == "quantile":
+        probs = np.arange(1, feature.num_quantiles) / feature.num_quantiles
+        state["quantiles"] = np.quantile(filled, probs).tolist()
+    return state
+
+
+def _raise_missing(feature: NumericFeature, values: FloatArray, where: str) -> None:
+    row = int(np.flatnonzero(np.isnan(values))[0])
+    raise SchemaError(
+        f"Column '{feature.source_column}' of {where}: missing value (null or NaN) in row {row}, "
+        f"and feature '{feature.name}' has fill 'error'"
+    )
+
+
+def _check_log1p(feature: NumericFeature, values: FloatArray, where: str) -> None:
+    below = values <= -1
+    if below.any():
+        row = int(np.flatnonzero(below)[0])
+        raise SchemaError(
+            f"Column '{feature.source_column}' of {where}: log1p needs values > -1, "
+            f"got {values[row]} in row {row} (feature '{feature.name}')"
+        )
+
+
+def _cardinality(feature: Feature, state: dict[str, Any]) -> int:
+    if isinstance(feature, CategoricalFeature | MultiCategoricalFeature):
+        return FIRST_ID + len(state["vocabulary"])
+    if isinstance(feature, HashedFeature | CrossFeature):
+        return FIRST_ID + feature.num_buckets
+    if isinstance(feature, BucketizedFeature):
+        return FIRST_ID + len(state["boundaries"]) + 1
+    raise TypeError(f"feature '{feature.name}' ({feature.kind}) has no ids")
+
+
+# ------------------------------------------------------------------------------ encoding
+
+
+def _lookup(values: pl.Series, vocabulary: list[str]) -> tuple[IdArray, int]:
+    """Vocabulary ids (unknown -> 1, null -> 1) and how many non-null values were unseen."""
+    mapping = {value: FIRST_ID + i for i, value in enumerate(vocabulary)}
+    ids = values.replace_strict(mapping, default=UNKNOWN_ID, return_dtype=pl.Int64).to_numpy()
+    ids = np.asarray(ids, dtype=np.int64)
+    unseen = int(((ids == UNKNOWN_ID) & values.is_not_null().to_numpy()).sum())
+    return ids, unseen
+
+
+def _bucket_index(values: FloatArray, boundaries: list[float]) -> IdArray:
+    """0-based bucket of each value: bucket i holds boundaries[i-1] <= x < boundaries[i]."""
+    return np.searchsorted(np.asarray(boundaries, dtype=np.float64), values, side="right")
+
+
+def _padded(
+    lists: pa.Array, values: NDArray[Any], width: int, fill: Any
+) -> tuple[NDArray[Any], NDArray[np.bool_], int]:
+    """Scatter flattened per-row ``values`` into an (N, width) matrix; count truncated values."""
+    n = len(lists)
+    lengths = np.asarray(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(), dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    rows = np.repeat(np.arange(n), lengths)
+    positions = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+    keep = positions < width
+    out = np.full((n, width), fill, dtype=values.dtype)
+    valid = np.zeros((n, width), dtype=bool)
+    out[rows[keep], positions[keep]] = values[keep]
+    valid[rows[keep], positions[keep]] = True
+    return out, valid, int((~keep).sum())
+
+
+def _encode_sparse(
+    feature: Feature,
+    frame: pl.DataFrame,
+    state: dict[str, Any],
+    where: str,
+    report: ColumnReport,
+) -> IdArray:
+    """Ids of one categorical-like (non-cross) feature: (N,) or (N, L) for multi-valued."""
+    if isinstance(feature, CategoricalFeature):
+        values = _strings(frame, feature, where)
+        ids, report.unseen = _lookup(values, state["vocabulary"])
+        report.missing = values.null_count()
+        return ids
+    if isinstance(feature, HashedFeature):
+        values = _strings(frame, feature, where)
+        hashes = hashing.hash_strings(values.to_arrow())
+        ids = (FIRST_ID + hashes % np.uint64(feature.num_buckets)).astype(np.int64)
+        nulls = values.is_null().to_numpy()
+        ids[nulls] = UNKNOWN_ID
+        report.missing = int(nulls.sum())
+        return ids
+    if isinstance(feature, BucketizedFeature):
+        numbers = _numbers(frame, feature.source_column, where, feature.name)
+        missing = np.isnan(numbers)
+        ids = FIRST_ID + _bucket_index(np.where(missing, 0.0, numbers), state["boundaries"])
+        ids[missing] = UNKNOWN_ID
+        report.missing = int(missing.sum())
+        return ids.astype(np.int64)
+    if isinstance(feature, MultiCategoricalFeature):
+        lists = _list_values(frame, feature, where)
+        flat = pl.Series("value", pc.list_flatten(lists))
+        flat_ids, report.unseen = _lookup(flat, state["vocabulary"])
+        flat_ids[flat.is_null().to_numpy()] = PADDING_ID
+        ids, _, report.truncated = _padded(lists, flat_ids, state["max_values"], PADDING_ID)
+        report.missing = int(lists.null_count)
+        return ids
+    raise TypeError(f"feature '{feature.name}' ({feature.kind}) has no ids")
+
+
+def _component_tokens(
+    feature: Feature, frame: pl.DataFrame, state: dict[str, Any], where: str
+) -> _Tokens:
+    """Hashes of a cross component's raw values (unseen values keep their own identity)."""
+    if isinstance(feature, CategoricalFeature | HashedFeature):
+        values = _strings(frame, feature, where)
+        hashes = hashing.hash_strings(values.to_arrow())
+        return _Tokens(hashes[:, None], values.is_not_null().to_numpy()[:, None])
+    if isinstance(feature, BucketizedFeature):
+        numbers = _numbers(frame, feature.source_column, where, feature.name)
+        missing = np.isnan(numbers)
+        buckets = _bucket_index(np.where(missing, 0.0, numbers), state["boundaries"])
+        return _Tokens(hashing.hash_ints(buckets)[:, None], ~missing[:, None])
+    if isinstance(feature, MultiCategoricalFeature):
+        lists = _list_values(frame, feature, where)
+        flat = pc.list_flatten(lists)
+        flat_hashes = hashing.hash_strings(flat)
+        hashes, valid, _ = _padded(lists, flat_hashes, state["max_values"], np.uint64(0))
+        flat_valid = np.asarray(flat.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        present, _, _ = _padded(lists, flat_valid, state["max_values"], False)
+        return _Tokens(hashes, valid & present)
+    raise TypeError(f"feature '{feature.name}' ({feature.kind}) cannot be crossed")
+
+
+def _encode_cross(
+    feature: CrossFeature,
+    frame: pl.DataFrame,
+    state: dict[str, dict[str, Any]],
+    cache: dict[str, _Tokens],
+    schema: FeatureSchema,
+) -> IdArray:
+    """Hash every combination of the components' values: (N,) or (N, L1*L2*...) ids."""
+    combined: _Tokens | None = None
+    for name in feature.features:
+        if name not in cache:
+            part = schema.feature(name)
+            cache[name] = _component_tokens(part, frame, state[name], "the table")
+        tokens = cache[name]
+        if combined is None:
+            combined = tokens
+            continue
+        n = tokens.hashes.shape[0]
+        hashes = hashing.combine(combined.hashes[:, :, None], tokens.hashes[:, None, :])
+        valid = combined.valid[:, :, None] & tokens.valid[:, None, :]
+        combined = _Tokens(hashes.reshape(n, -1), valid.reshape(n, -1))
+    assert combined is not None
+    ids = (FIRST_ID + combined.hashes % np.uint64(feature.num_buckets)).astype(np.int64)
+    multi_valued = any(
+        isinstance(schema.feature(p), MultiCategoricalFeature) for p in feature.features
+    )
+    if multi_valued:
+        return np.where(combined.valid, ids, PADDING_ID)
+    return np.where(combined.valid[:, 0], ids[:, 0], UNKNOWN_ID)
+
+
+def _encode_numeric(
+    feature: NumericFeature, frame: pl.DataFrame, state: dict[str, Any], where: str
+) -> FloatArray:
+    values = _numbers(frame, feature.source_column, where, feature.name)
+    missing = np.isnan(values)
+    if feature.fill == "error" and missing.any():
+        _raise_missing(feature, values, where)
+    values = np.where(missing, state["fill"], values)
+    if feature.transform == "log1p":
+        _check_log1p(feature, values, where)
+        return np.log1p(values)
+    if feature.transform == "standardize":
+        return (values - state["mean"]) / state["std"]
+    if feature.transform == "quantile":
+        quantiles = np.asarray(state["quantiles"], dtype=np.float64)
+        # The paper: a value in the i-th of n_q quantiles maps to (i - 1) / (n_q - 1).
+        index = np.searchsorted(quantiles, values, side="right")
+        return index / (len(quantiles))
+    return values
+
+
+def _encode_labels(frame: pl.DataFrame, schema: FeatureSchema, where: str) -> NDArray[np.float32]:
+    """Labels as float32: 0/1 for binary, the number itself for regression."""
+    label = schema.label
+    assert label is not None
+    column = label.column
+    series = frame.get_column(column)
+    if series.null_count():
+        row = int(series.is_null().arg_true()[0])
+        raise SchemaError(f"Column '{column}' of {where}: the label is missing in row {row}")
+    if label.objective == "binary" and label.positive is not None:
+        if not (series.dtype == pl.String or series.dtype.is_integer() or series.dtype == pl.Boolean):
+            raise SchemaError(
+                f"Column '{column}' of {where}: label with 'positive' values expects strings, "
+                f"integers or booleans, got {series.dtype}"
+            )
+        positive = [str(v).lower() if isinstance(v, bool) else str(v) for v in label.positive]
+        labels = series.cast(pl.String).is_in(positive).to_numpy()
+        return labels.astype(np.float32)
+    if series.dtype == pl.String:
+        hint = " give label.positive (e.g. ['yes'])" if label.objective == "binary" else ""
+        values = _numbers(frame, column, where, "label")
+        if hint:
+            raise SchemaError(
+                f"Column '{column}' of {where}: the label holds strings;{hint}"
+            )
+    else:
+        values = _numbers(frame, column, where, "label")
+    if label.objective == "regression":
+        return values.astype(np.float32)
+    if label.threshold is not None:
+        return (values >= label.threshold).astype(np.float32)
+    bad = (values != 0) & (values != 1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise SchemaError(
+            f"Column '{column}' of {where}: a binary label must be 0 or 1, got {values[row]} "
+            f"in row {row} (give label.positive or label.threshold to map other values)"
+        )
+    return values.astype(np.float32)

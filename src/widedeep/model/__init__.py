@@ -1,0 +1,1 @@
+"""Pure model modules: the wide part, the deep part, and their joint model."""

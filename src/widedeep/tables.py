@@ -1,0 +1,82 @@
+"""Reading user tables: Parquet or CSV files (or folders of Parquet files) and DataFrames.
+
+Everything downstream works on a polars DataFrame; this module is the one place that turns
+what a user hands us into one, and names the source in every error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import polars as pl
+import pyarrow as pa
+
+from widedeep.errors import SchemaError
+
+TableSource: TypeAlias = "str | Path | pl.DataFrame | pl.LazyFrame | pa.Table | Any"
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+
+
+def describe_source(source: TableSource) -> str:
+    """A short name for error messages: the file name, or the kind of in-memory table."""
+    if isinstance(source, str | Path):
+        return str(source)
+    return f"the {type(source).__name__}"
+
+
+def read_table(source: TableSource) -> pl.DataFrame:
+    """Load ``source`` as a polars DataFrame: a path, polars, pandas or Arrow table."""
+    if isinstance(source, pl.DataFrame):
+        return source
+    if isinstance(source, pl.LazyFrame):
+        return source.collect()
+    if isinstance(source, pa.Table):
+        frame = pl.from_arrow(source)
+        return frame if isinstance(frame, pl.DataFrame) else frame.to_frame()
+    if isinstance(source, str | Path):
+        return _read_path(Path(source))
+    if type(source).__module__.startswith("pandas"):
+        return pl.from_pandas(source)
+    raise SchemaError(
+        f"expected a Parquet/CSV path or a polars, pandas or Arrow table, "
+        f"got {type(source).__name__}"
+    )
+
+
+def write_table(frame: pl.DataFrame, path: str | Path) -> None:
+    """Write ``frame`` as Parquet or CSV, chosen by the file suffix."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix in PARQUET_SUFFIXES:
+        frame.write_parquet(path)
+    elif suffix in CSV_SUFFIXES:
+        frame.write_csv(path, separator="\t" if suffix == ".tsv" else ",")
+    else:
+        raise SchemaError(
+            f"cannot write {path}: expected a .parquet or .csv file name, got '{suffix}'"
+        )
+
+
+def _read_path(path: Path) -> pl.DataFrame:
+    if not path.exists():
+        raise SchemaError(f"{path}: no such file or folder")
+    try:
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in PARQUET_SUFFIXES)
+            if not files:
+                raise SchemaError(f"{path}: the folder holds no .parquet files")
+            return pl.read_parquet(files)
+        suffix = path.suffix.lower()
+        if suffix in PARQUET_SUFFIXES:
+            return pl.read_parquet(path)
+        if suffix in CSV_SUFFIXES:
+            return pl.read_csv(
+                path, separator="\t" if suffix == ".tsv" else ",", infer_schema_length=10_000
+            )
+    except (pl.exceptions.PolarsError, OSError, pa.ArrowException) as error:
+        raise SchemaError(f"{path}: cannot be read as a table: {error}") from None
+    raise SchemaError(f"{path}: expected a .parquet or .csv file, got '{path.suffix}'")

@@ -1,0 +1,58 @@
+"""One optimizer per part (wide, deep), as in the paper: FTRL-Proximal + AdaGrad by default.
+
+Embedding tables get sparse gradients when every chosen optimizer can apply them, so a step
+touches only the rows of the batch; the notebook's whole-table l2 penalties need dense ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from widedeep.config import ModelConfig, OptimizerConfig, TrainConfig
+from widedeep.model.widedeep import WideDeep
+from widedeep.optim import FTRL
+
+
+def use_sparse_gradients(model_config: ModelConfig) -> bool:
+    """Sparse table gradients unless a whole-table penalty makes them dense anyway."""
+    return model_config.embed_reg == 0 and model_config.w_reg == 0
+
+
+def _build(
+    config: OptimizerConfig,
+    tables: Sequence[nn.Parameter],
+    dense: Sequence[nn.Parameter],
+    sparse_tables: bool,
+) -> list[torch.optim.Optimizer]:
+    params = [*tables, *dense]
+    if not params:
+        return []
+    if config.name == "ftrl":
+        return [FTRL(params, lr=config.lr, beta=config.beta, l1=config.l1, l2=config.l2)]
+    if config.name == "adagrad":
+        return [torch.optim.Adagrad(params, lr=config.lr)]
+    if config.name == "sgd":
+        return [torch.optim.SGD(params, lr=config.lr)]
+    if not sparse_tables:
+        return [torch.optim.Adam(params, lr=config.lr)]
+    # Adam has no sparse update: lazy SparseAdam for the sparse tables, Adam for the rest.
+    optimizers: list[torch.optim.Optimizer] = []
+    if tables:
+        optimizers.append(torch.optim.SparseAdam(list(tables), lr=config.lr))
+    if dense:
+        optimizers.append(torch.optim.Adam(list(dense), lr=config.lr))
+    return optimizers
+
+
+def build_optimizers(
+    model: WideDeep, config: TrainConfig, sparse_tables: bool
+) -> list[torch.optim.Optimizer]:
+    """The wide part's and the deep part's optimizers (a part that is absent gets none)."""
+    groups = model.parameter_groups()
+    return [
+        *_build(config.wide_optimizer, groups["wide_tables"], groups["wide_dense"], sparse_tables),
+        *_build(config.deep_optimizer, groups["deep_tables"], groups["deep_dense"], sparse_tables),
+    ]
