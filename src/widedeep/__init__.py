@@ -1,1 +1,74 @@
-"""widedeep."""
+"""widedeep: Wide & Deep models for recommendation and click-through-rate prediction.
+
+The public API; everything here is importable as ``widedeep.NAME``.
+"""
+
+from widedeep.bundle import Bundle, load_bundle, save_bundle, verify_bundle
+from widedeep.config import (
+    DataConfig,
+    EarlyStoppingConfig,
+    ModelConfig,
+    OptimizerConfig,
+    RunConfig,
+    TrainConfig,
+    load_config,
+)
+from widedeep.data.batch import Batch
+from widedeep.data.datasets import load_adult
+from widedeep.errors import BundleError, ConfigError, NotFittedError, SchemaError, WideDeepError
+from widedeep.features.layout import FeatureLayout, SparseField
+from widedeep.features.preprocessor import EncodedTable, Preprocessor, TransformReport
+from widedeep.features.schema import (
+    BucketizedFeature,
+    CategoricalFeature,
+    CrossFeature,
+    FeatureSchema,
+    HashedFeature,
+    LabelSpec,
+    MultiCategoricalFeature,
+    NumericFeature,
+)
+from widedeep.model.widedeep import WideDeep
+from widedeep.optim import FTRL
+from widedeep.train.loop import TrainResult, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FTRL",
+    "Batch",
+    "BucketizedFeature",
+    "Bundle",
+    "BundleError",
+    "CategoricalFeature",
+    "ConfigError",
+    "CrossFeature",
+    "DataConfig",
+    "EarlyStoppingConfig",
+    "EncodedTable",
+    "FeatureLayout",
+    "FeatureSchema",
+    "HashedFeature",
+    "LabelSpec",
+    "ModelConfig",
+    "MultiCategoricalFeature",
+    "NotFittedError",
+    "NumericFeature",
+    "OptimizerConfig",
+    "Preprocessor",
+    "RunConfig",
+    "SchemaError",
+    "SparseField",
+    "TrainConfig",
+    "TrainResult",
+    "TransformReport",
+    "WideDeep",
+    "WideDeepError",
+    "__version__",
+    "load_adult",
+    "load_bundle",
+    "load_config",
+    "save_bundle",
+    "train",
+    "verify_bundle",
+]

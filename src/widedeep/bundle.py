@@ -94,7 +94,9 @@ class Bundle:
     config: RunConfig
     manifest: dict[str, Any]
 
-    def encode(self, source: TableSource, with_labels: bool | None = None) -> tuple[TensorTable, TransformReport]:
+    def encode(
+        self, source: TableSource, with_labels: bool | None = None
+    ) -> tuple[TensorTable, TransformReport]:
         """Encode a raw table exactly as in training."""
         encoded = self.preprocessor.transform(source, with_labels=with_labels)
         return TensorTable.from_encoded(encoded), encoded.report
@@ -104,7 +106,9 @@ class Bundle:
         table, _ = self.encode(source, with_labels=False)
         return predict(self.model, table, batch_size)
 
-    def explain(self, source: TableSource, batch_size: int = 16384) -> dict[str, NDArray[np.float32]]:
+    def explain(
+        self, source: TableSource, batch_size: int = 16384
+    ) -> dict[str, NDArray[np.float32]]:
         """Each row's wide and deep logit contributions (they sum to the joint logit)."""
         table, _ = self.encode(source, with_labels=False)
         wide, deep = predict_parts(self.model, table, batch_size)
@@ -218,7 +222,9 @@ def load_bundle(path: str | Path) -> Bundle:
     folder = Path(path)
     manifest = verify_bundle(folder)
     try:
-        config = RunConfig.from_dict(json.loads((folder / CONFIG).read_text()), where=str(folder / CONFIG))
+        config = RunConfig.from_dict(
+            json.loads((folder / CONFIG).read_text()), where=str(folder / CONFIG)
+        )
         preprocessor = Preprocessor.from_dict(json.loads((folder / PREPROCESSOR).read_text()))
         tensors = load_file(str(folder / WEIGHTS))
     except (json.JSONDecodeError, SafetensorError, SchemaError) as error:

@@ -162,7 +162,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             last = i == len(parts) - 1
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"--set {key}: '{part}' is not an index of a {len(node)}-item list")
+                    raise ConfigError(
+                        f"--set {key}: '{part}' is not an index of a {len(node)}-item list"
+                    )
                 if last:
                     node[int(part)] = value
                 else:

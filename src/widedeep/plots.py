@@ -36,7 +36,10 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> Path | None:
     epochs = [row["epoch"] for row in history]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train loss")
-    for key, label in (("validation_logloss", "validation logloss"), ("validation_rmse", "validation RMSE")):
+    for key, label in (
+        ("validation_logloss", "validation logloss"),
+        ("validation_rmse", "validation RMSE"),
+    ):
         if key in history[0]:
             left.plot(epochs, [row[key] for row in history], marker="o", label=label)
     left.set_xlabel("epoch")
@@ -56,7 +59,9 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
-def plot_reliability(calibration: Calibration, path: Path, title: str = "Reliability") -> Path | None:
+def plot_reliability(
+    calibration: Calibration, path: Path, title: str = "Reliability"
+) -> Path | None:
     """Observed positive rate against mean predicted probability, per probability bin."""
     plt = _pyplot()
     if plt is None:

@@ -13,8 +13,8 @@ def random_split(
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Shuffle rows with ``seed`` and cut them into (train, validation, test)."""
     n = frame.height
-    n_validation = int(round(n * validation_fraction))
-    n_test = int(round(n * test_fraction))
+    n_validation = round(n * validation_fraction)
+    n_test = round(n * test_fraction)
     if n - n_validation - n_test < 1:
         raise ConfigError(f"a split of {n} rows leaves no training rows")
     order = np.random.default_rng(seed).permutation(n)

@@ -60,7 +60,7 @@ class TensorTable:
     def batches(
         self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
     ) -> Iterator[Batch]:
-        """Consecutive batches; with ``shuffle``, in the order of a permutation from ``generator``."""
+        """Consecutive batches; with ``shuffle``, in the order of a seeded random permutation."""
         n = len(self)
         if not shuffle:
             for start in range(0, n, batch_size):

@@ -61,9 +61,7 @@ class TransformReport:
 
     def notable(self) -> dict[str, ColumnReport]:
         """Only the features with something to report."""
-        return {
-            name: c for name, c in self.columns.items() if c.unseen or c.missing or c.truncated
-        }
+        return {name: c for name, c in self.columns.items() if c.unseen or c.missing or c.truncated}
 
     def __str__(self) -> str:
         lines = [
@@ -379,17 +377,19 @@ def _fit_feature(feature: Feature, frame: pl.DataFrame, where: str) -> dict[str,
     if isinstance(feature, BucketizedFeature):
         if feature.boundaries is not None:
             return {"boundaries": list(feature.boundaries)}
-        values = _observed(feature, frame, where)
+        observed = _observed(feature, frame, where)
         assert feature.num_buckets is not None
         probs = np.arange(1, feature.num_buckets) / feature.num_buckets
-        return {"boundaries": np.unique(np.quantile(values, probs)).tolist()}
+        return {"boundaries": np.unique(np.quantile(observed, probs)).tolist()}
     if isinstance(feature, HashedFeature):
         _strings(frame, feature, where)  # dtype check only
         return {}
     return {}  # crosses hash their components; nothing to learn
 
 
-def _observed(feature: NumericFeature | BucketizedFeature, frame: pl.DataFrame, where: str) -> FloatArray:
+def _observed(
+    feature: NumericFeature | BucketizedFeature, frame: pl.DataFrame, where: str
+) -> FloatArray:
     values = _numbers(frame, feature.source_column, where, feature.name)
     observed = values[~np.isnan(values)]
     if observed.size == 0:
@@ -613,7 +613,9 @@ def _encode_labels(frame: pl.DataFrame, schema: FeatureSchema, where: str) -> ND
         row = int(series.is_null().arg_true()[0])
         raise SchemaError(f"Column '{column}' of {where}: the label is missing in row {row}")
     if label.objective == "binary" and label.positive is not None:
-        if not (series.dtype == pl.String or series.dtype.is_integer() or series.dtype == pl.Boolean):
+        if not (
+            series.dtype == pl.String or series.dtype.is_integer() or series.dtype == pl.Boolean
+        ):
             raise SchemaError(
                 f"Column '{column}' of {where}: label with 'positive' values expects strings, "
                 f"integers or booleans, got {series.dtype}"
@@ -625,9 +627,7 @@ def _encode_labels(frame: pl.DataFrame, schema: FeatureSchema, where: str) -> ND
         hint = " give label.positive (e.g. ['yes'])" if label.objective == "binary" else ""
         values = _numbers(frame, column, where, "label")
         if hint:
-            raise SchemaError(
-                f"Column '{column}' of {where}: the label holds strings;{hint}"
-            )
+            raise SchemaError(f"Column '{column}' of {where}: the label holds strings;{hint}")
     else:
         values = _numbers(frame, column, where, "label")
     if label.objective == "regression":

@@ -86,18 +86,20 @@ class Deep(nn.Module):
     ) -> None:
         super().__init__()
         self.single_columns = list(single_columns)
-        self.embeddings = nn.ModuleList(
+        single_tables = [
             nn.Embedding(f.cardinality, f.embedding_dim, sparse=sparse) for f in single
-        )
-        self.multi_embeddings = nn.ModuleList(
+        ]
+        multi_tables = [
             nn.Embedding(f.cardinality, f.embedding_dim, padding_idx=0, sparse=sparse)
             for f in multi
-        )
-        for table in [*self.embeddings, *self.multi_embeddings]:
-            nn.init.uniform_(table.weight, -0.05, 0.05)
-        for table in self.multi_embeddings:
-            with torch.no_grad():
-                table.weight[0].zero_()
+        ]
+        with torch.no_grad():
+            for table in [*single_tables, *multi_tables]:
+                nn.init.uniform_(table.weight, -0.05, 0.05)
+            for table in multi_tables:
+                table.weight[0].zero_()  # padding contributes nothing to a pooled sum
+        self.embeddings = nn.ModuleList(single_tables)
+        self.multi_embeddings = nn.ModuleList(multi_tables)
         self.multi_positions = list(multi_positions)
         self.multi_mean = [f.pooling == "mean" for f in multi]
         self.dense_dim = dense_dim

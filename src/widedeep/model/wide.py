@@ -41,6 +41,8 @@ class Wide(nn.Module):
         super().__init__()
         single_offsets, end = _offsets(single, 0)
         multi_offsets, total = _offsets(multi, end)
+        self.single_columns: Tensor
+        self.single_offsets: Tensor
         self.register_buffer("single_columns", torch.tensor(list(single_columns), dtype=torch.long))
         self.register_buffer("single_offsets", torch.tensor(single_offsets, dtype=torch.long))
         self.multi_positions = list(multi_positions)

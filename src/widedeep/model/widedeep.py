@@ -128,7 +128,9 @@ class WideDeep(nn.Module):
         self._check_inputs(batch)
         zeros = batch.ids.new_zeros(len(batch), dtype=torch.float32)
         wide = self.wide(batch.ids, batch.multi_ids) if self.wide is not None else zeros
-        deep = self.deep(batch.ids, batch.multi_ids, batch.dense) if self.deep is not None else zeros
+        deep = (
+            self.deep(batch.ids, batch.multi_ids, batch.dense) if self.deep is not None else zeros
+        )
         if self.combine == "mean" and self.wide is not None and self.deep is not None:
             return 0.5 * wide, 0.5 * deep
         return wide, deep
@@ -144,7 +146,7 @@ class WideDeep(nn.Module):
         return torch.sigmoid(logits) if self.objective == "binary" else logits
 
     def regularization(self) -> Tensor:
-        """The notebook's l2 penalties: embed_reg * sum(E^2) + w_reg * sum(w^2) over whole tables."""
+        """The notebook's l2 penalties on whole tables: embed_reg*sum(E^2) + w_reg*sum(w^2)."""
         device = next(self.parameters()).device
         penalty = torch.zeros((), device=device)
         if self.deep is not None and self.embed_reg:
@@ -166,7 +168,7 @@ class WideDeep(nn.Module):
             "deep_dense": [],
         }
         if self.wide is not None:
-            groups["wide_tables"].append(self.wide.weight.weight)
+            groups["wide_tables"].append(self.wide.weight.weight)  # type: ignore[arg-type]
             if self.wide.bias is not None:
                 groups["wide_dense"].append(self.wide.bias)
         if self.deep is not None:

@@ -145,6 +145,9 @@ def train(config: RunConfig, output_dir: str | Path) -> TrainResult:
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     generator = seed_everything(settings.seed)
+    # Our sparse gradients come from nn.Embedding and are valid by construction; opting out
+    # explicitly also silences torch's per-step warning about the unchecked default.
+    torch.sparse.check_sparse_tensor_invariants.disable()
     device = resolve_device(settings.device)
     label = config.feature_schema.label
     assert label is not None
@@ -171,9 +174,7 @@ def train(config: RunConfig, output_dir: str | Path) -> TrainResult:
         train_loss, seconds = _train_epoch(
             model, train_table, optimizers, settings.batch_size, generator, device, epoch, settings
         )
-        predictions = predict(model, validation_table, settings.eval_batch_size, device)
-        assert validation_table.labels is not None
-        report = evaluate_predictions(validation_table.labels.numpy(), predictions, objective)
+        _, report = _evaluate(model, validation_table, settings.eval_batch_size, device)
         row: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -194,18 +195,17 @@ def train(config: RunConfig, output_dir: str | Path) -> TrainResult:
         model.load_state_dict(stopper.best_state)
         best_epoch = stopper.best_epoch
     model.eval()
-    validation_predictions = predict(model, validation_table, settings.eval_batch_size, device)
-    validation_metrics = evaluate_predictions(
-        validation_table.labels.numpy(), validation_predictions, objective
+    validation_predictions, validation_metrics = _evaluate(
+        model, validation_table, settings.eval_batch_size, device
     )
     test_metrics = None
     test_predictions = None
     test_table = None
     if splits.test is not None:
         test_table = TensorTable.from_encoded(preprocessor.transform(splits.test, with_labels=True))
-        test_predictions = predict(model, test_table, settings.eval_batch_size, device)
-        assert test_table.labels is not None
-        test_metrics = evaluate_predictions(test_table.labels.numpy(), test_predictions, objective)
+        test_predictions, test_metrics = _evaluate(
+            model, test_table, settings.eval_batch_size, device
+        )
 
     model.cpu()
     metrics = {
@@ -220,8 +220,15 @@ def train(config: RunConfig, output_dir: str | Path) -> TrainResult:
     }
     bundle_dir = save_bundle(run_dir / "bundle", model, preprocessor, config, metrics)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    plots = _plots(run_dir, history, objective, validation_table, validation_predictions,
-                   test_table, test_predictions)
+    plots = _plots(
+        run_dir,
+        history,
+        objective,
+        validation_table,
+        validation_predictions,
+        test_table,
+        test_predictions,
+    )
     return TrainResult(
         run_dir=run_dir,
         bundle_dir=bundle_dir,
@@ -236,6 +243,16 @@ def train(config: RunConfig, output_dir: str | Path) -> TrainResult:
 
 
 _SHOWN = ("auc", "logloss", "accuracy", "rmse", "mae")
+
+
+def _evaluate(
+    model: WideDeep, table: TensorTable, batch_size: int, device: torch.device
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Predictions on a labelled table and the objective's metrics for them."""
+    if table.labels is None:
+        raise ConfigError("evaluation needs labels")
+    predictions = predict(model, table, batch_size, device)
+    return predictions, evaluate_predictions(table.labels.numpy(), predictions, model.objective)
 
 
 def _train_epoch(
@@ -268,10 +285,10 @@ def _train_epoch(
         assert batch.labels is not None
         logits = model.logits(batch)
         loss = loss_fn(logits, batch.labels, model.objective)
-        objective = loss + model.regularization() if regularized else loss
+        total = loss + model.regularization() if regularized else loss
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
-        objective.backward()
+        total.backward()
         for optimizer in optimizers:
             optimizer.step()
         total_loss += loss.detach().double().cpu() * len(batch)
