@@ -107,23 +107,21 @@ class Preprocessor:
     # ----------------------------------------------------------------------------- fitting
     def fit(self, source: TableSource) -> Preprocessor:
         """Learn each feature's state from the training table ``source``."""
-        where = describe_source(source)
-        frame = read_table(source)
+        return self._fit_frame(read_table(source), describe_source(source))
+
+    def fit_transform(self, source: TableSource) -> EncodedTable:
+        """``fit`` then ``transform`` on the same table (read once)."""
+        frame, where = read_table(source), describe_source(source)
+        self._fit_frame(frame, where)
+        return self._transform_frame(frame, where, with_labels=None)
+
+    def _fit_frame(self, frame: pl.DataFrame, where: str) -> Preprocessor:
         _check_table(frame, self.schema, where, need_label=self.schema.label is not None)
-        state: dict[str, dict[str, Any]] = {}
-        for feature in self.schema.features:
-            state[feature.name] = _fit_feature(feature, frame, where)
+        state = {f.name: _fit_feature(f, frame, where) for f in self.schema.features}
         if self.schema.label is not None:
             _encode_labels(frame, self.schema, where)  # fails early on a bad label column
         self.state_ = state
         return self
-
-    def fit_transform(self, source: TableSource) -> EncodedTable:
-        """``fit`` then ``transform`` on the same table (read once)."""
-        frame = read_table(source)
-        where = describe_source(source)
-        self.fit(frame)
-        return self._transform_frame(frame, where, with_labels=None)
 
     # --------------------------------------------------------------------------- transform
     def transform(self, source: TableSource, *, with_labels: bool | None = None) -> EncodedTable:
@@ -148,7 +146,9 @@ class Preprocessor:
         needed = {f.name for f in layout.fields}
         for feature in self.schema.features:
             if isinstance(feature, CrossFeature) and feature.name in needed:
-                encoded[feature.name] = _encode_cross(feature, frame, state, tokens, self.schema)
+                encoded[feature.name] = _encode_cross(
+                    feature, frame, state, tokens, self.schema, where
+                )
             elif feature.name in needed:
                 column_report = ColumnReport()
                 encoded[feature.name] = _encode_sparse(
@@ -557,13 +557,14 @@ def _encode_cross(
     state: dict[str, dict[str, Any]],
     cache: dict[str, _Tokens],
     schema: FeatureSchema,
+    where: str,
 ) -> IdArray:
     """Hash every combination of the components' values: (N,) or (N, L1*L2*...) ids."""
     combined: _Tokens | None = None
     for name in feature.features:
         if name not in cache:
             part = schema.feature(name)
-            cache[name] = _component_tokens(part, frame, state[name], "the table")
+            cache[name] = _component_tokens(part, frame, state[name], where)
         tokens = cache[name]
         if combined is None:
             combined = tokens
