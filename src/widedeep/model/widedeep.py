@@ -192,16 +192,31 @@ class WideDeep(nn.Module):
             raise ConfigError(
                 f"expected {len(layout.multi)} multi-valued id tensors, got {len(batch.multi_ids)}"
             )
-        if ids.numel() and not ids.is_cuda:
-            low = ids.amin(dim=0)
-            high = ids.amax(dim=0)
-            for column, field in enumerate(layout.single):
-                if low[column] < 0 or high[column] >= field.cardinality:
-                    raise ConfigError(
-                        f"field '{field.name}' (column {column}): ids must lie in "
-                        f"[0, {field.cardinality - 1}], got values in "
-                        f"[{int(low[column])}, {int(high[column])}]"
-                    )
+        rows = ids.shape[0]
+        for values, field in zip(batch.multi_ids, layout.multi, strict=True):
+            if values.dim() != 2 or values.shape[0] != rows:
+                raise ConfigError(
+                    f"field '{field.name}': expected multi-valued ids of shape ({rows}, L), "
+                    f"got {tuple(values.shape)}"
+                )
+        dense_width = len(layout.dense)
+        if dense_width and (batch.dense is None or tuple(batch.dense.shape) != (rows, dense_width)):
+            got = None if batch.dense is None else tuple(batch.dense.shape)
+            raise ConfigError(
+                f"expected dense inputs of shape ({rows}, {dense_width}) for {list(layout.dense)}, "
+                f"got {got}"
+            )
+        if ids.is_cuda:
+            return  # a range check would force a device sync on every step
+        for field, values in [
+            *((f, ids[:, i]) for i, f in enumerate(layout.single)),
+            *zip(layout.multi, batch.multi_ids, strict=True),
+        ]:
+            if values.numel() and (int(values.min()) < 0 or int(values.max()) >= field.cardinality):
+                raise ConfigError(
+                    f"field '{field.name}': ids must lie in [0, {field.cardinality - 1}], "
+                    f"got values in [{int(values.min())}, {int(values.max())}]"
+                )
 
     @classmethod
     def from_layout(

@@ -244,6 +244,21 @@ def train(config: RunConfig, output_dir: str | Path) -> TrainResult:
 
 _SHOWN = ("auc", "logloss", "accuracy", "rmse", "mae")
 
+ABLATION_PARTS = ("wide", "deep", "wide_deep")
+
+
+def train_ablation(config: RunConfig, output_dir: str | Path) -> dict[str, TrainResult]:
+    """Wide-only, deep-only and Wide & Deep from one config, as in the paper's Table 1.
+
+    Each variant gets its own run directory ``output_dir/<parts>``.
+    """
+    results = {}
+    for parts in ABLATION_PARTS:
+        model = config.model.model_copy(update={"parts": parts})
+        variant = config.model_copy(update={"model": model})
+        results[parts] = train(variant, Path(output_dir) / parts)
+    return results
+
 
 def _evaluate(
     model: WideDeep, table: TensorTable, batch_size: int, device: torch.device
