@@ -208,14 +208,18 @@ class WideDeep(nn.Module):
             )
         if ids.is_cuda:
             return  # a range check would force a device sync on every step
-        for field, values in [
-            *((f, ids[:, i]) for i, f in enumerate(layout.single)),
-            *zip(layout.multi, batch.multi_ids, strict=True),
-        ]:
-            if values.numel() and (int(values.min()) < 0 or int(values.max()) >= field.cardinality):
+        ranges = []  # (field, low, high); single ids from one column-wise reduction
+        if ids.numel():
+            lows, highs = ids.amin(dim=0).tolist(), ids.amax(dim=0).tolist()
+            ranges += list(zip(layout.single, lows, highs, strict=True))
+        for field, values in zip(layout.multi, batch.multi_ids, strict=True):
+            if values.numel():
+                ranges.append((field, int(values.min()), int(values.max())))
+        for field, low, high in ranges:
+            if low < 0 or high >= field.cardinality:
                 raise ConfigError(
                     f"field '{field.name}': ids must lie in [0, {field.cardinality - 1}], "
-                    f"got values in [{int(values.min())}, {int(values.max())}]"
+                    f"got values in [{low}, {high}]"
                 )
 
     @classmethod
