@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from widedeep.config_base import Record, validate_model
+from widedeep.config_base import Record, read_yaml, validate_model
 from widedeep.errors import ConfigError
 from widedeep.features.schema import FeatureSchema
 from widedeep.model.deep import ACTIVATIONS
@@ -181,13 +181,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML run config (``safe_load`` only) and apply ``overrides``."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config {path} is not valid YAML: {error}") from None
+    data = read_yaml(path, "config")
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: expected a mapping at the top level")
     return RunConfig.from_dict(apply_overrides(data, overrides or []), where=str(path))

@@ -6,8 +6,10 @@ immutable once built. ``validate_model`` reports every problem of a document at 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from widedeep.errors import ConfigError
@@ -44,3 +46,14 @@ def validate_model(cls: type[R], data: Any, where: str) -> R:
         return cls.model_validate(data)
     except ValidationError as error:
         raise ConfigError(format_validation_error(error, where)) from None
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """Parse a YAML file with ``safe_load`` (never constructs Python objects)."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{what} {path} is not valid YAML: {error}") from None

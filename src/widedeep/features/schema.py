@@ -19,11 +19,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field, model_validator
 
-from widedeep.config_base import Record, validate_model
-from widedeep.errors import ConfigError
+from widedeep.config_base import Record, read_yaml, validate_model
 
 PADDING_ID = 0
 UNKNOWN_ID = 1
@@ -212,14 +210,7 @@ class FeatureSchema(Record):
     @classmethod
     def from_yaml(cls, path: str | Path) -> FeatureSchema:
         """Read a schema from a YAML file (``yaml.safe_load`` only)."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as error:
-            raise ConfigError(f"cannot read schema file {path}: {error.strerror}") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"schema file {path} is not valid YAML: {error}") from None
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(read_yaml(path, "schema file"), where=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data that ``from_dict`` turns back into an equal schema."""
