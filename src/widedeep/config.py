@@ -19,20 +19,39 @@ from widedeep.errors import ConfigError
 from widedeep.features.schema import FeatureSchema
 from widedeep.model.deep import ACTIVATIONS
 
-BUILTIN_DATASETS = ("adult",)
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
-class DataConfig(Record):
-    """Where the tables come from: a built-in data set or files, split when needed."""
+class NegativesConfig(Record):
+    """Implicit feedback: every interaction is a positive; sample ``ratio`` negatives each."""
 
-    builtin: Literal["adult"] | None = None
+    ratio: Annotated[int, Field(ge=1)] = 4
+    strategy: Literal["uniform", "popularity"] = "uniform"
+    seed: int = 0
+
+
+class DataConfig(Record):
+    """Where the tables come from, and how they are split.
+
+    A flat table (``train``), or interactions (``train``) with ``users`` and ``items``
+    tables joined by ``user_key`` / ``item_key``; or a built-in data set.
+    """
+
+    builtin: Literal["adult", "appstore"] | None = None
     train: str | None = None
     validation: str | None = None
     test: str | None = None
+    users: str | None = None
+    items: str | None = None
+    user_key: str = "user_id"
+    item_key: str = "item_id"
+    split: Literal["random", "time", "user_temporal", "leave_last_one_out"] = "random"
+    time_column: str | None = None
+    last_n: Annotated[int, Field(ge=1)] | None = None
     validation_fraction: Fraction = 0.1
     test_fraction: Fraction = 0.1
     split_seed: int = 42
+    negatives: NegativesConfig | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -40,7 +59,14 @@ class DataConfig(Record):
             raise ValueError("give exactly one of data.builtin or data.train")
         if self.validation_fraction + self.test_fraction >= 1.0:
             raise ValueError("validation_fraction + test_fraction must be below 1")
+        if self.split != "random" and self.time_column is None and self.builtin is None:
+            raise ValueError(f"the '{self.split}' split needs data.time_column")
         return self
+
+    @property
+    def is_recommendation(self) -> bool:
+        """Interactions with separate user/item tables (scored per pair, ranked per user)."""
+        return self.builtin == "appstore" or self.users is not None or self.items is not None
 
 
 class ModelConfig(Record):

@@ -33,7 +33,7 @@ AGE_BUCKETS = ("13-17", "18-24", "25-34", "35-44", "45-54", "55+")
 CATEGORIES = 24
 PRICE_BUCKETS = ("free", "low", "mid", "high")
 PRICE_EFFECT = np.array([0.4, 0.0, -0.4, -0.9])
-COMPANION_BONUS = 2.5
+COMPANION_BONUS = 3.0
 AFFINITY_WEIGHT = 1.6
 START_TIMESTAMP = 1_700_000_000
 DAYS = 30
@@ -158,7 +158,7 @@ def _build_world(
     offsets = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=users))])
 
     # Companion pairs X -> Y: installing X makes installing Y much more likely.
-    pairs = max(1, int(0.3 * apps))
+    pairs = max(1, int(0.5 * apps))
     sources = rng.choice(apps, pairs, replace=False)
     targets = rng.permutation(np.setdiff1d(np.arange(apps), sources))[:pairs]
     pairs = min(len(sources), len(targets))
@@ -228,12 +228,12 @@ def _impression_chunk(
     user = rng.integers(0, n_users, rows)
     mechanism = rng.random(rows)
     app = np.empty(rows, dtype=np.int64)
-    # 35%: what the store pushes (popularity); 45%: the user's taste; 20%: companions.
-    popular = mechanism < 0.35
+    # 30%: what the store pushes (popularity); 40%: the user's taste; 30%: companions.
+    popular = mechanism < 0.3
     app[popular] = rng.choice(
         n_apps, int(popular.sum()), p=world.popularity / world.popularity.sum()
     )
-    taste = (mechanism >= 0.35) & (mechanism < 0.8)
+    taste = (mechanism >= 0.3) & (mechanism < 0.7)
     app[taste] = _sample_in_category(
         world.popularity,
         world.apps_by_category,

@@ -284,7 +284,11 @@ def _strings(frame: pl.DataFrame, feature: Feature, where: str) -> pl.Series:
     dtype = series.dtype
     if dtype == pl.String:
         return series
-    if dtype.is_integer() or dtype == pl.Boolean or dtype in (pl.Categorical, pl.Enum):
+    if (
+        dtype.is_integer()
+        or dtype in (pl.Boolean, pl.Null)
+        or isinstance(dtype, pl.Categorical | pl.Enum)
+    ):
         return series.cast(pl.String)
     raise SchemaError(
         f"Column '{column}' of {where}: feature '{feature.name}' ({feature.kind}) expects "
@@ -306,7 +310,7 @@ def _numbers(frame: pl.DataFrame, column: str, where: str, feature_name: str) ->
                 f"in row {row} (feature '{feature_name}')"
             )
         series = converted
-    elif not (dtype.is_numeric() or dtype == pl.Boolean):
+    elif not (dtype.is_numeric() or dtype in (pl.Boolean, pl.Null)):
         raise SchemaError(
             f"Column '{column}' of {where}: feature '{feature_name}' expects numbers, got {dtype}"
         )
@@ -326,8 +330,13 @@ def _list_values(frame: pl.DataFrame, feature: MultiCategoricalFeature, where: s
     """The multi-valued column as an Arrow large_list<large_string> array."""
     column = feature.source_column
     series = frame.get_column(column)
-    if series.dtype == pl.String:
-        series = series.str.split(feature.separator)
+    if series.dtype in (pl.String, pl.Null):
+        # '' is an empty list, not a list holding the empty string.
+        series = (
+            series.cast(pl.String)
+            .str.split(feature.separator)
+            .list.eval(pl.element().filter(pl.element() != ""))
+        )
     elif not isinstance(series.dtype, pl.List):
         raise SchemaError(
             f"Column '{column}' of {where}: feature '{feature.name}' (multi_categorical) expects "
@@ -335,7 +344,7 @@ def _list_values(frame: pl.DataFrame, feature: MultiCategoricalFeature, where: s
         )
     inner = series.dtype.inner  # type: ignore[attr-defined]
     if inner != pl.String:
-        if not (inner.is_integer() or inner == pl.Boolean):
+        if not (inner.is_integer() or inner in (pl.Boolean, pl.Null)):
             raise SchemaError(
                 f"Column '{column}' of {where}: feature '{feature.name}' expects lists of "
                 f"strings or integers, got {series.dtype}"
@@ -349,14 +358,14 @@ def _list_values(frame: pl.DataFrame, feature: MultiCategoricalFeature, where: s
 
 def _vocabulary(values: pl.Series, min_count: int, max_size: int | None) -> list[str]:
     """Values seen at least ``min_count`` times, most frequent first (ties by value)."""
-    counts = values.drop_nulls().value_counts(name="count")
-    name = values.name
+    frame = pl.DataFrame({"value": values.drop_nulls()})
+    counts = frame.group_by("value").len("count")
     counts = counts.filter(pl.col("count") >= min_count).sort(
-        ["count", name], descending=[True, False]
+        ["count", "value"], descending=[True, False]
     )
     if max_size is not None:
         counts = counts.head(max_size)
-    return [str(v) for v in counts.get_column(name).to_list()]
+    return [str(v) for v in counts.get_column("value").to_list()]
 
 
 def _fit_feature(feature: Feature, frame: pl.DataFrame, where: str) -> dict[str, Any]:
@@ -461,7 +470,7 @@ def _lookup(values: pl.Series, vocabulary: list[str]) -> tuple[IdArray, int]:
     """Vocabulary ids (unknown -> 1, null -> 1) and how many non-null values were unseen."""
     mapping = {value: FIRST_ID + i for i, value in enumerate(vocabulary)}
     ids = values.replace_strict(mapping, default=UNKNOWN_ID, return_dtype=pl.Int64).to_numpy()
-    ids = np.asarray(ids, dtype=np.int64)
+    ids = np.array(ids, dtype=np.int64)  # a writable copy, not a view of polars memory
     unseen = int(((ids == UNKNOWN_ID) & values.is_not_null().to_numpy()).sum())
     return ids, unseen
 
@@ -624,13 +633,16 @@ def _encode_labels(frame: pl.DataFrame, schema: FeatureSchema, where: str) -> ND
         positive = [str(v).lower() if isinstance(v, bool) else str(v) for v in label.positive]
         labels = series.cast(pl.String).is_in(positive).to_numpy()
         return labels.astype(np.float32)
-    if series.dtype == pl.String:
-        hint = " give label.positive (e.g. ['yes'])" if label.objective == "binary" else ""
-        values = _numbers(frame, column, where, "label")
-        if hint:
-            raise SchemaError(f"Column '{column}' of {where}: the label holds strings;{hint}")
-    else:
-        values = _numbers(frame, column, where, "label")
+    if series.dtype == pl.String and label.objective == "binary" and label.threshold is None:
+        raise SchemaError(
+            f"Column '{column}' of {where}: the label holds strings; give label.positive "
+            f"(the values that mean 1, e.g. [{series[0]!r}])"
+        )
+    values = _numbers(frame, column, where, "label")
+    nan = np.isnan(values)
+    if nan.any():
+        row = int(np.flatnonzero(nan)[0])
+        raise SchemaError(f"Column '{column}' of {where}: the label is missing (NaN) in row {row}")
     if label.objective == "regression":
         return values.astype(np.float32)
     if label.threshold is not None:

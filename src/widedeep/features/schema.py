@@ -160,7 +160,7 @@ class LabelSpec(Record):
 class FeatureSchema(Record):
     """Features, label and the wide/deep membership, checked for consistency as a whole."""
 
-    features: Annotated[tuple[Feature, ...], Field(min_length=1)]
+    features: tuple[Feature, ...]
     label: LabelSpec | None = None
     wide: tuple[Name, ...] | None = None
     deep: tuple[Name, ...] | None = None
@@ -220,6 +220,8 @@ class FeatureSchema(Record):
 def _reference_problems(schema: FeatureSchema) -> list[str]:
     """Every inconsistency between names in the schema, collected so all are reported at once."""
     problems: list[str] = []
+    if not schema.features:
+        problems.append("the schema declares no features")
     names = [f.name for f in schema.features]
     for name, count in Counter(names).items():
         if count > 1:

@@ -41,13 +41,16 @@ def layout_from_columns(feature_columns: Sequence[Mapping[str, Any]]) -> Feature
                 f"feature_columns[{i}]: expected a dict with keys "
                 f"{sorted(NOTEBOOK_COLUMN_KEYS)}, got {got}"
             )
-        fields.append(
-            SparseField(
-                name=str(column["feat"]),
-                cardinality=int(column["feat_num"]),
-                embedding_dim=int(column["embed_dim"]),
+        try:
+            fields.append(
+                SparseField(
+                    name=str(column["feat"]),
+                    cardinality=int(column["feat_num"]),
+                    embedding_dim=int(column["embed_dim"]),
+                )
             )
-        )
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"feature_columns[{i}]: {error}") from None
     return FeatureLayout(single=tuple(fields))
 
 

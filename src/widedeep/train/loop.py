@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import torch
 import torch.nn.functional as F
 import yaml
@@ -26,8 +25,7 @@ from tqdm.auto import tqdm
 
 from widedeep.bundle import build_model, evaluate_predictions, save_bundle
 from widedeep.config import RunConfig
-from widedeep.data.datasets import load_builtin
-from widedeep.data.splits import random_split
+from widedeep.data.sources import load_splits
 from widedeep.data.tensors import TensorTable
 from widedeep.errors import ConfigError
 from widedeep.features.preprocessor import Preprocessor
@@ -35,7 +33,6 @@ from widedeep.inference import predict
 from widedeep.metrics import calibration
 from widedeep.model.widedeep import WideDeep
 from widedeep.plots import plot_history, plot_reliability
-from widedeep.tables import read_table
 from widedeep.train.optimizers import build_optimizers, use_sparse_gradients
 
 log = logging.getLogger(__name__)
@@ -56,35 +53,6 @@ class TrainResult:
     plots: list[Path] = field(default_factory=list)
     model: WideDeep | None = None
     preprocessor: Preprocessor | None = None
-
-
-@dataclass(frozen=True)
-class Splits:
-    """The raw train, validation and (optional) test tables."""
-
-    train: pl.DataFrame
-    validation: pl.DataFrame
-    test: pl.DataFrame | None
-
-
-def load_splits(config: RunConfig) -> Splits:
-    """Read the configured tables; split the training table where no other is given."""
-    data = config.data
-    frame = load_builtin(data.builtin) if data.builtin else read_table(data.train)
-    validation = read_table(data.validation) if data.validation else None
-    test = read_table(data.test) if data.test else None
-    if validation is not None and (test is not None or data.test_fraction == 0):
-        return Splits(frame, validation, test)
-    validation_fraction = 0.0 if validation is not None else data.validation_fraction
-    test_fraction = 0.0 if test is not None else data.test_fraction
-    train, split_validation, split_test = random_split(
-        frame, validation_fraction, test_fraction, data.split_seed
-    )
-    return Splits(
-        train=train,
-        validation=validation if validation is not None else split_validation,
-        test=test if test is not None else (split_test if split_test.height else None),
-    )
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -153,7 +121,7 @@ def train(config: RunConfig, output_dir: str | Path) -> TrainResult:
     assert label is not None
     objective = label.objective
 
-    splits = load_splits(config)
+    splits = load_splits(config.data, label)
     preprocessor = Preprocessor(config.feature_schema)
     train_table = TensorTable.from_encoded(preprocessor.fit_transform(splits.train))
     validation_encoded = preprocessor.transform(splits.validation, with_labels=True)

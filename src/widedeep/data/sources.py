@@ -1,0 +1,143 @@
+"""From a data config to labelled train / validation / test tables.
+
+A flat table is split as configured. Interactions with users and items tables are split
+first (so held-out interactions stay held out), get sampled negatives if the feedback is
+implicit, and are then joined with the user and item features by key.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+
+import polars as pl
+
+from widedeep.config import DataConfig
+from widedeep.data.appstore import make_appstore
+from widedeep.data.datasets import load_builtin
+from widedeep.data.interactions import RecTables, with_sampled_negatives
+from widedeep.data.splits import random_split, split_table
+from widedeep.features.schema import LabelSpec
+from widedeep.tables import read_table
+
+
+@dataclass(frozen=True)
+class RecSplits:
+    """What ranking needs beside the joined tables: the side tables and raw interactions."""
+
+    tables: RecTables
+    train: pl.DataFrame
+    validation: pl.DataFrame
+    test: pl.DataFrame | None
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Labelled train, validation and (optional) test tables, ready for the preprocessor."""
+
+    train: pl.DataFrame
+    validation: pl.DataFrame
+    test: pl.DataFrame | None
+    rec: RecSplits | None = None
+
+
+def _split(
+    frame: pl.DataFrame,
+    data: DataConfig,
+    validation: pl.DataFrame | None,
+    test: pl.DataFrame | None,
+    user_key: str | None,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None]:
+    if validation is not None and (test is not None or data.test_fraction == 0):
+        return frame, validation, test
+    validation_fraction = 0.0 if validation is not None else data.validation_fraction
+    test_fraction = 0.0 if test is not None else data.test_fraction
+    if data.split == "random":
+        parts = random_split(frame, validation_fraction, test_fraction, data.split_seed)
+    else:
+        parts = split_table(
+            frame,
+            data.split,
+            validation_fraction=validation_fraction,
+            test_fraction=test_fraction,
+            seed=data.split_seed,
+            user_key=user_key,
+            time_column=data.time_column,
+            last_n=data.last_n,
+        )
+    train, split_validation, split_test = parts
+    return (
+        train,
+        validation if validation is not None else split_validation,
+        test if test is not None else (split_test if split_test.height else None),
+    )
+
+
+def load_appstore() -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """The default synthetic app store (generated, seeded): impressions, users, apps."""
+    with tempfile.TemporaryDirectory(prefix="widedeep-appstore-") as folder:
+        files = make_appstore(folder)
+        return (
+            pl.read_parquet(files.impressions),
+            pl.read_parquet(files.users),
+            pl.read_parquet(files.apps),
+        )
+
+
+def load_splits(data: DataConfig, label: LabelSpec) -> Splits:
+    """Read, split, label and join the tables that ``data`` names."""
+    validation = read_table(data.validation) if data.validation else None
+    test = read_table(data.test) if data.test else None
+    if not data.is_recommendation:
+        assert data.builtin is not None or data.train is not None
+        frame = load_builtin(data.builtin) if data.builtin else read_table(data.train)
+        return Splits(*_split(frame, data, validation, test, user_key=None))
+
+    users: pl.DataFrame | None
+    items: pl.DataFrame | None
+    if data.builtin == "appstore":
+        interactions, users, items = load_appstore()
+    else:
+        assert data.train is not None
+        interactions = read_table(data.train)
+        users = read_table(data.users) if data.users else None
+        items = read_table(data.items) if data.items else None
+    tables = RecTables(users, items, data.user_key, data.item_key)
+    train, validation, test = _split(interactions, data, validation, test, data.user_key)
+    if data.negatives is not None:
+        known = pl.concat(
+            [
+                part.select(data.user_key, data.item_key)
+                for part in (train, validation, test)
+                if part is not None
+            ]
+        )
+        catalog = (
+            items.get_column(data.item_key)
+            if items is not None
+            else known.get_column(data.item_key)
+        )
+
+        def label_part(part: pl.DataFrame, offset: int) -> pl.DataFrame:
+            assert data.negatives is not None
+            return with_sampled_negatives(
+                part,
+                label_column=label.column,
+                user_key=data.user_key,
+                item_key=data.item_key,
+                catalog=catalog,
+                ratio=data.negatives.ratio,
+                strategy=data.negatives.strategy,
+                seed=data.negatives.seed + offset,
+                known_positives=known,
+                popularity=train,
+            )
+
+        train, validation = label_part(train, 0), label_part(validation, 1)
+        test = label_part(test, 2) if test is not None else None
+    return Splits(
+        train=tables.join(train),
+        validation=tables.join(validation),
+        test=tables.join(test) if test is not None else None,
+        rec=RecSplits(tables, train, validation, test),
+    )

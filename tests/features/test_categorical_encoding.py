@@ -1,0 +1,238 @@
+"""Categorical and hashed features: vocabularies, unseen values, ids; and label encoding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+
+from widedeep.features.preprocessor import Preprocessor
+from widedeep.features.schema import FIRST_ID, PADDING_ID, UNKNOWN_ID, FeatureSchema
+
+# b x3, a x2, c x1, d x1: most frequent first, ties by value.
+TRAIN = ["b", "a", "b", "c", "a", "b", "d"]
+
+
+def _fitted(frame: pl.DataFrame, features: list[dict[str, Any]], **extra: Any) -> Preprocessor:
+    return Preprocessor(FeatureSchema.from_dict({"features": features, **extra})).fit(frame)
+
+
+def _country(**options: Any) -> Preprocessor:
+    feature = {"name": "country", "kind": "categorical", **options}
+    return _fitted(pl.DataFrame({"country": TRAIN}), [feature])
+
+
+def _ids(pre: Preprocessor, values: list[Any]) -> list[int]:
+    return pre.transform(pl.DataFrame({"country": values})).ids[:, 0].tolist()
+
+
+def test_reserved_ids() -> None:
+    assert (PADDING_ID, UNKNOWN_ID, FIRST_ID) == (0, 1, 2)
+
+
+def test_vocabulary_is_most_frequent_first_then_by_value_and_ids_start_at_2() -> None:
+    pre = _country()
+
+    assert pre.state_ is not None
+    assert pre.state_["country"]["vocabulary"] == ["b", "a", "c", "d"]
+    assert _ids(pre, ["b", "a", "c", "d"]) == [2, 3, 4, 5]
+
+
+def test_vocabulary_does_not_depend_on_row_order() -> None:
+    shuffled = list(reversed(TRAIN))
+    pre = _fitted(pl.DataFrame({"country": shuffled}), [{"name": "country", "kind": "categorical"}])
+
+    assert pre.state_ is not None
+    assert pre.state_["country"]["vocabulary"] == ["b", "a", "c", "d"]
+
+
+def test_ties_are_broken_by_value() -> None:
+    pre = _fitted(
+        pl.DataFrame({"country": ["z", "y", "x", "y"]}),
+        [{"name": "country", "kind": "categorical"}],
+    )
+
+    assert _ids(pre, ["y", "x", "z"]) == [2, 3, 4]
+
+
+def test_unseen_values_map_to_unknown_and_are_counted_not_raised() -> None:
+    pre = _country()
+
+    encoded = pre.transform(pl.DataFrame({"country": ["a", "zz", None, "yy", "b"]}))
+
+    assert encoded.ids[:, 0].tolist() == [3, UNKNOWN_ID, UNKNOWN_ID, UNKNOWN_ID, 2]
+    report = encoded.report.columns["country"]
+    assert (report.unseen, report.missing, report.truncated) == (2, 1, 0)
+    assert encoded.report.rows == 5
+    assert "2 unseen" in str(encoded.report) and "1 missing" in str(encoded.report)
+
+
+def test_a_clean_table_reports_nothing_notable() -> None:
+    encoded = _country().transform(pl.DataFrame({"country": ["a", "b"]}))
+
+    assert encoded.report.notable() == {}
+    assert "all values known" in str(encoded.report)
+
+
+def test_missing_values_at_fit_are_not_in_the_vocabulary() -> None:
+    pre = _fitted(
+        pl.DataFrame({"country": ["a", None, None, None]}),
+        [{"name": "country", "kind": "categorical"}],
+    )
+
+    assert pre.state_ is not None
+    assert pre.state_["country"]["vocabulary"] == ["a"]
+
+
+def test_min_count_drops_rare_values_to_unknown() -> None:
+    pre = _country(min_count=2)
+
+    assert _ids(pre, ["b", "a", "c", "d"]) == [2, 3, UNKNOWN_ID, UNKNOWN_ID]
+    assert pre.layout.single[0].cardinality == FIRST_ID + 2
+
+
+def test_min_count_above_every_count_leaves_an_empty_vocabulary() -> None:
+    pre = _country(min_count=10)
+
+    assert _ids(pre, ["a", "b"]) == [UNKNOWN_ID, UNKNOWN_ID]
+    assert pre.layout.single[0].cardinality == FIRST_ID
+
+
+def test_max_size_keeps_the_most_frequent() -> None:
+    pre = _country(max_size=2)
+
+    assert _ids(pre, ["b", "a", "c", "d"]) == [2, 3, UNKNOWN_ID, UNKNOWN_ID]
+
+
+def test_integer_columns_share_ids_with_their_string_form() -> None:
+    pre = _fitted(pl.DataFrame({"zip": [10, 9, 10]}), [{"name": "zip", "kind": "categorical"}])
+
+    as_ints = pre.transform(pl.DataFrame({"zip": [10, 9, 7]})).ids[:, 0].tolist()
+    as_strings = pre.transform(pl.DataFrame({"zip": ["10", "9", "7"]})).ids[:, 0].tolist()
+
+    assert as_ints == as_strings == [2, 3, UNKNOWN_ID]
+
+
+def test_boolean_and_categorical_dtypes_are_accepted() -> None:
+    frame = pl.DataFrame(
+        {
+            "flag": [True, False, True],
+            "color": pl.Series(["red", "blue", "red"], dtype=pl.Categorical),
+        }
+    )
+    features = [{"name": "flag", "kind": "categorical"}, {"name": "color", "kind": "categorical"}]
+
+    encoded = _fitted(frame, features).transform(frame)
+
+    assert encoded.ids.tolist() == [[2, 2], [3, 3], [2, 2]]
+
+
+def test_feature_can_read_a_differently_named_column() -> None:
+    feature = {"name": "country", "kind": "categorical", "column": "cc"}
+    pre = _fitted(pl.DataFrame({"cc": ["a", "b", "b"]}), [feature])
+
+    encoded = pre.transform(pl.DataFrame({"cc": ["b", "a"]}))
+
+    assert encoded.ids[:, 0].tolist() == [2, 3]
+    assert "country" in encoded.report.columns
+
+
+def test_ids_are_int64_in_layout_column_order() -> None:
+    frame = pl.DataFrame({"a": ["x", "y"], "b": ["p", "p"]})
+    features = [{"name": "b", "kind": "categorical"}, {"name": "a", "kind": "categorical"}]
+    pre = _fitted(frame, features)
+
+    encoded = pre.transform(frame)
+
+    assert [f.name for f in pre.layout.single] == ["b", "a"]
+    assert encoded.ids.dtype == np.int64
+    assert encoded.ids.tolist() == [[2, 2], [2, 3]]
+    assert len(encoded) == 2
+    assert encoded.labels is None
+
+
+# ------------------------------------------------------------------------------- hashed
+
+
+def _hashed(num_buckets: int = 1 << 16) -> Preprocessor:
+    feature = {"name": "user", "kind": "hashed", "num_buckets": num_buckets}
+    return _fitted(pl.DataFrame({"user": ["u1", "u2"]}), [feature])
+
+
+def test_hashed_ids_are_in_range_and_need_no_vocabulary() -> None:
+    pre = _hashed(num_buckets=7)
+    users = [f"user-{i}" for i in range(200)]
+
+    ids = pre.transform(pl.DataFrame({"user": users})).ids[:, 0]
+
+    assert pre.state_ == {"user": {}}
+    assert ids.min() >= FIRST_ID and ids.max() < FIRST_ID + 7
+    assert len(set(ids.tolist())) == 7  # 200 values fill all 7 buckets
+
+
+def test_hashed_same_value_same_id_and_unseen_is_not_unknown() -> None:
+    pre = _hashed()
+
+    encoded = pre.transform(pl.DataFrame({"user": ["never-seen", "u1", "never-seen", None]}))
+
+    ids = encoded.ids[:, 0].tolist()
+    assert ids[0] == ids[2]
+    assert ids[0] != ids[1]
+    assert UNKNOWN_ID not in ids[:3]
+    assert ids[3] == UNKNOWN_ID
+    assert encoded.report.columns["user"].missing == 1
+    assert encoded.report.columns["user"].unseen == 0
+
+
+def test_hashed_integers_hash_like_their_string_form() -> None:
+    feature = {"name": "item", "kind": "hashed", "num_buckets": 1000}
+    pre = _fitted(pl.DataFrame({"item": [1, 2]}), [feature])
+
+    as_ints = pre.transform(pl.DataFrame({"item": [12345, 7]})).ids[:, 0].tolist()
+    as_strings = pre.transform(pl.DataFrame({"item": ["12345", "7"]})).ids[:, 0].tolist()
+
+    assert as_ints == as_strings
+
+
+# ------------------------------------------------------------------------------- labels
+
+
+def _labels(values: list[Any], **label: Any) -> list[float]:
+    frame = pl.DataFrame({"country": ["a"] * len(values), "y": values})
+    pre = _fitted(
+        frame, [{"name": "country", "kind": "categorical"}], label={"column": "y", **label}
+    )
+    encoded = pre.transform(frame)
+    assert encoded.labels is not None
+    assert encoded.labels.dtype == np.float32
+    return encoded.labels.tolist()
+
+
+@pytest.mark.parametrize(
+    ("values", "label", "expected"),
+    [
+        ([0, 1, 1], {}, [0.0, 1.0, 1.0]),
+        ([0.0, 1.0], {}, [0.0, 1.0]),
+        ([True, False], {}, [1.0, 0.0]),
+        (["yes", "no", "yes"], {"positive": ["yes"]}, [1.0, 0.0, 1.0]),
+        ([">50K", "<=50K"], {"positive": [">50K"]}, [1.0, 0.0]),
+        ([3, 7, 9], {"positive": [7, 9]}, [0.0, 1.0, 1.0]),
+        ([True, False], {"positive": [True]}, [1.0, 0.0]),
+        ([1.0, 3.5, 4.0, 5.0], {"threshold": 4.0}, [0.0, 0.0, 1.0, 1.0]),
+        ([1.5, -2.0], {"objective": "regression"}, [1.5, -2.0]),
+    ],
+)
+def test_label_encoding(values: list[Any], label: dict[str, Any], expected: list[float]) -> None:
+    assert _labels(values, **label) == expected
+
+
+def test_labels_only_when_asked_or_present() -> None:
+    frame = pl.DataFrame({"country": ["a", "b"], "y": [0, 1]})
+    pre = _fitted(frame, [{"name": "country", "kind": "categorical"}], label={"column": "y"})
+
+    assert pre.transform(frame.drop("y")).labels is None
+    assert pre.transform(frame, with_labels=False).labels is None
+    with_labels = pre.transform(frame, with_labels=True).labels
+    assert with_labels is not None and with_labels.tolist() == [0.0, 1.0]

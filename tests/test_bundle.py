@@ -1,0 +1,239 @@
+"""Saved bundles: exact predictions after a round trip, integrity checks, no unpickling."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures_train import one_thread, shared_run
+from widedeep.bundle import Bundle, load_bundle, save_bundle, verify_bundle
+from widedeep.config import RunConfig
+from widedeep.data.tensors import TensorTable
+from widedeep.errors import BundleError, SchemaError
+from widedeep.inference import predict
+from widedeep.metrics import binary_report
+from widedeep.train.loop import TrainResult
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+@pytest.fixture
+def result(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    """The shared trained run (read only)."""
+    return shared_run(tmp_path_factory)
+
+
+@pytest.fixture
+def test_path(result: TrainResult) -> Path:
+    config = RunConfig.from_dict(json.loads((result.bundle_dir / "config.json").read_text()))
+    assert config.data.test is not None
+    return Path(config.data.test)
+
+
+@pytest.fixture
+def bundle_copy(result: TrainResult, tmp_path: Path) -> Path:
+    """A private copy of the run's bundle, free to tamper with."""
+    return Path(shutil.copytree(result.bundle_dir, tmp_path / "bundle"))
+
+
+# ------------------------------------------------------------------------------ round trip
+
+
+def test_loaded_bundle_predicts_exactly_like_the_trained_model(
+    result: TrainResult, test_path: Path
+) -> None:
+    assert result.model is not None and result.preprocessor is not None
+    bundle = load_bundle(result.bundle_dir)
+    table = TensorTable.from_encoded(result.preprocessor.transform(test_path))
+    in_memory = predict(result.model, table)
+    loaded = bundle.predict(test_path)
+    assert loaded.shape == (800,) and loaded.dtype == np.float32
+    assert np.array_equal(loaded, in_memory)
+    assert np.array_equal(predict(bundle.model, table), in_memory)
+    result.model.eval()
+    with torch.no_grad():
+        direct = result.model(table.slice(0, len(table))).numpy()
+    assert np.array_equal(loaded, direct)
+
+
+def test_loaded_bundle_has_the_same_weights_and_config(result: TrainResult) -> None:
+    assert result.model is not None
+    bundle = load_bundle(result.bundle_dir)
+    assert not bundle.model.training
+    saved, loaded = result.model.state_dict(), bundle.model.state_dict()
+    assert saved.keys() == loaded.keys()
+    for name in saved:
+        assert torch.equal(saved[name], loaded[name]), name
+    trained = RunConfig.from_dict(yaml.safe_load((result.run_dir / "config.yaml").read_text()))
+    assert bundle.config.model == trained.model
+    assert bundle.config.feature_schema == trained.feature_schema
+    assert bundle.preprocessor.layout == result.model.layout
+    assert bundle.manifest["metrics"]["test"] == result.test_metrics
+
+
+def test_save_bundle_writes_a_loadable_folder(result: TrainResult, tmp_path: Path) -> None:
+    assert result.model is not None and result.preprocessor is not None
+    config = load_bundle(result.bundle_dir).config
+    folder = save_bundle(tmp_path / "again", result.model, result.preprocessor, config)
+    manifest = verify_bundle(folder)
+    assert manifest["format_version"] == 1
+    assert set(manifest["files"]) == {"config.json", "preprocessor.json", "weights.safetensors"}
+    assert manifest["metrics"] == {}
+    again = load_bundle(folder)
+    frame = pl.read_parquet(load_bundle(result.bundle_dir).config.data.test)  # type: ignore[arg-type]
+    assert np.array_equal(again.predict(frame), load_bundle(result.bundle_dir).predict(frame))
+
+
+def test_bundle_predicts_rows_with_unseen_categories(result: TrainResult, test_path: Path) -> None:
+    bundle = load_bundle(result.bundle_dir)
+    known = pl.read_parquet(test_path).head(4).drop("click", "rating")
+    unseen = known.with_columns(
+        pl.Series("user", ["new-user", None, "u1", "u2"]),
+        pl.Series("item", ["new-item", "i1", None, "i3"]),
+        pl.Series("city", ["atlantis", "c1", "c2", None]),
+        pl.Series("tags", ["new-tag", "t1|never-seen", "t0", "t2"]),
+    )
+    probs = bundle.predict(unseen)
+    assert probs.shape == (4,)
+    assert np.isfinite(probs).all() and ((probs > 0) & (probs < 1)).all()
+    _, report = bundle.encode(unseen)
+    assert report.columns["user"].unseen == 1 and report.columns["user"].missing == 1
+    assert report.columns["tags"].unseen == 2
+
+
+def test_bundle_evaluate_matches_the_runs_test_metrics(
+    result: TrainResult, test_path: Path
+) -> None:
+    bundle = load_bundle(result.bundle_dir)
+    metrics = bundle.evaluate(test_path)
+    on_disk = json.loads((result.run_dir / "metrics.json").read_text())["test"]
+    assert metrics == on_disk == result.test_metrics
+    labels = pl.read_parquet(test_path)["click"].to_numpy().astype(np.float32)
+    assert metrics == binary_report(labels, bundle.predict(test_path))
+    assert metrics["auc"] > 0.8
+
+
+def test_bundle_explain_parts_give_the_prediction(result: TrainResult, test_path: Path) -> None:
+    bundle = load_bundle(result.bundle_dir)
+    parts = bundle.explain(test_path)
+    logits = torch.from_numpy(parts["wide_logit"] + parts["deep_logit"])
+    np.testing.assert_allclose(torch.sigmoid(logits).numpy(), bundle.predict(test_path))
+
+
+def test_predict_frame_keeps_the_columns_and_adds_scores(
+    result: TrainResult, test_path: Path
+) -> None:
+    bundle = load_bundle(result.bundle_dir)
+    frame = pl.read_parquet(test_path)
+    scored = bundle.predict_frame(frame)
+    assert scored.columns == [*frame.columns, "score"]
+    assert scored.drop("score").equals(frame)
+    assert np.array_equal(scored["score"].to_numpy(), bundle.predict(frame))
+    with pytest.raises(SchemaError, match="already has a column 'click'"):
+        bundle.predict_frame(frame, column="click")
+
+
+def test_predicting_a_table_without_a_feature_column_names_it(
+    result: TrainResult, test_path: Path
+) -> None:
+    bundle = load_bundle(result.bundle_dir)
+    with pytest.raises(SchemaError, match="missing column 'item'"):
+        bundle.predict(pl.read_parquet(test_path).drop("item"))
+    with pytest.raises(SchemaError, match="'click'"):
+        bundle.evaluate(pl.read_parquet(test_path).drop("click"))
+
+
+# ------------------------------------------------------------------------------ integrity
+
+
+def test_a_changed_byte_is_caught_by_sha256(bundle_copy: Path) -> None:
+    weights = bundle_copy / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="SHA-256"):
+        load_bundle(bundle_copy)
+
+
+def test_a_truncated_file_is_caught_by_its_size(bundle_copy: Path) -> None:
+    weights = bundle_copy / "weights.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) - 100])
+    with pytest.raises(BundleError, match="bytes") as error:
+        load_bundle(bundle_copy)
+    assert "truncated" in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["weights.safetensors", "config.json", "preprocessor.json"])
+def test_a_missing_file_is_a_bundle_error(bundle_copy: Path, name: str) -> None:
+    (bundle_copy / name).unlink()
+    with pytest.raises(BundleError, match=re.escape(f"'{name}' is missing")):
+        load_bundle(bundle_copy)
+
+
+def test_a_missing_manifest_is_a_bundle_error(bundle_copy: Path) -> None:
+    (bundle_copy / "manifest.json").unlink()
+    with pytest.raises(BundleError, match=r"manifest\.json is missing"):
+        load_bundle(bundle_copy)
+
+
+def test_a_missing_folder_is_a_bundle_error(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="no bundle folder"):
+        load_bundle(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"format_version": 2}, "format version 2"),
+        ({"format_version": None}, "format version None"),
+        ({"format": "something-else"}, "not a widedeep bundle manifest"),
+    ],
+)
+def test_another_format_or_version_is_a_bundle_error(
+    bundle_copy: Path, change: dict[str, object], match: str
+) -> None:
+    manifest_path = bundle_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest.update(change)
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=match):
+        load_bundle(bundle_copy)
+
+
+def test_a_manifest_that_is_not_json_is_a_bundle_error(bundle_copy: Path) -> None:
+    (bundle_copy / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(bundle_copy)
+
+
+def test_loading_never_unpickles(
+    result: TrainResult, test_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a bundle must never be unpickled")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    bundle = load_bundle(result.bundle_dir)
+    assert isinstance(bundle, Bundle)
+    assert bundle.predict(test_path).shape == (800,)
+    assert bundle.evaluate(test_path) == result.test_metrics
