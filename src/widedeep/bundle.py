@@ -93,6 +93,14 @@ class Bundle:
     preprocessor: Preprocessor
     config: RunConfig
     manifest: dict[str, Any]
+    folder: Path | None = None
+
+    def table(self, name: str) -> pl.DataFrame | None:
+        """A table saved with the model (e.g. 'items', 'popularity'), or None."""
+        file = f"{name}.parquet"
+        if self.folder is None or file not in self.manifest.get("files", {}):
+            return None
+        return pl.read_parquet(self.folder / file)
 
     def encode(
         self, source: TableSource, with_labels: bool | None = None
@@ -148,14 +156,22 @@ def save_bundle(
     preprocessor: Preprocessor,
     config: RunConfig,
     metrics: dict[str, Any] | None = None,
+    tables: dict[str, pl.DataFrame] | None = None,
 ) -> Path:
-    """Write a bundle folder at ``path`` (created; existing bundle files are replaced)."""
+    """Write a bundle folder at ``path`` (created; existing bundle files are replaced).
+
+    ``tables`` are saved beside the model as Parquet (an item catalog, popularity counts).
+    """
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG).write_text(json.dumps(config.to_dict(), indent=1, sort_keys=True))
     preprocessor.save(folder / PREPROCESSOR)
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": FORMAT})
+    extra = []
+    for name, frame in (tables or {}).items():
+        frame.write_parquet(folder / f"{name}.parquet")
+        extra.append(f"{name}.parquet")
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -165,7 +181,7 @@ def save_bundle(
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "files": {
             name: {"sha256": _sha256(folder / name), "bytes": (folder / name).stat().st_size}
-            for name in CONTENT_FILES
+            for name in (*CONTENT_FILES, *extra)
         },
         "metrics": metrics or {},
     }
@@ -197,7 +213,11 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
     folder = Path(path)
     manifest = _read_manifest(folder)
     files = manifest.get("files", {})
-    for name in CONTENT_FILES:
+    if not isinstance(files, dict):
+        raise BundleError(f"{folder / MANIFEST}: 'files' is not a mapping")
+    for name in (*CONTENT_FILES, *(f for f in files if f not in CONTENT_FILES)):
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise BundleError(f"{folder / MANIFEST}: unsafe file name {name!r}")
         expected = files.get(name)
         file = folder / name
         if not isinstance(expected, dict):
@@ -235,4 +255,6 @@ def load_bundle(path: str | Path) -> Bundle:
     except RuntimeError as error:
         raise BundleError(f"{folder / WEIGHTS}: does not fit the model: {error}") from None
     model.eval()
-    return Bundle(model=model, preprocessor=preprocessor, config=config, manifest=manifest)
+    return Bundle(
+        model=model, preprocessor=preprocessor, config=config, manifest=manifest, folder=folder
+    )

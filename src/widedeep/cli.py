@@ -84,7 +84,8 @@ def evaluate(
 
     metrics = load_bundle(bundle).evaluate(data)
     if as_json:
-        typer.echo(json.dumps(metrics))
+        # Strict JSON: an undefined metric (AUC of a one-class table) is null, not NaN.
+        typer.echo(json.dumps({k: None if v != v else v for k, v in metrics.items()}))
     else:
         _print_metrics(str(data), metrics)
 

@@ -20,6 +20,7 @@ from widedeep.features.schema import FeatureSchema
 from widedeep.model.deep import ACTIVATIONS
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+BINARY_METRICS = ("auc", "logloss", "accuracy")
 
 
 class NegativesConfig(Record):
@@ -57,6 +58,11 @@ class DataConfig(Record):
     def _one_source(self) -> DataConfig:
         if (self.builtin is None) == (self.train is None):
             raise ValueError("give exactly one of data.builtin or data.train")
+        if self.validation is None and self.validation_fraction == 0:
+            raise ValueError(
+                "no validation data: give data.validation or a validation_fraction above 0 "
+                "(validation metrics drive early stopping and the run's report)"
+            )
         if self.validation_fraction + self.test_fraction >= 1.0:
             raise ValueError("validation_fraction + test_fraction must be below 1")
         if self.split != "random" and self.time_column is None and self.builtin is None:
@@ -108,9 +114,12 @@ class OptimizerConfig(Record):
 
 
 class EarlyStoppingConfig(Record):
-    """Stop when the validation ``metric`` has not improved for ``patience`` epochs."""
+    """Stop when the validation ``metric`` has not improved for ``patience`` epochs.
 
-    metric: Literal["auc", "logloss", "accuracy", "rmse", "mae"] = "auc"
+    The default metric is AUC for the binary objective and RMSE for regression.
+    """
+
+    metric: Literal["auc", "logloss", "accuracy", "rmse", "mae"] | None = None  # auc / rmse
     patience: Annotated[int, Field(ge=1)] = 2
     min_delta: Annotated[float, Field(ge=0.0)] = 0.0
 
@@ -157,13 +166,32 @@ class RunConfig(Record):
 
     @model_validator(mode="after")
     def _has_label(self) -> RunConfig:
-        if self.feature_schema.label is None:
+        label = self.feature_schema.label
+        if label is None:
             raise ValueError("schema.label is required for training")
+        stopping = self.train.early_stopping
+        if stopping is not None and stopping.metric is not None:
+            binary = stopping.metric in BINARY_METRICS
+            if binary != (label.objective == "binary"):
+                raise ValueError(
+                    f"train.early_stopping.metric '{stopping.metric}' does not apply to the "
+                    f"{label.objective} objective"
+                )
         return self
+
+    @property
+    def early_stopping_metric(self) -> str | None:
+        """The metric early stopping watches (None when it is off)."""
+        stopping = self.train.early_stopping
+        if stopping is None:
+            return None
+        assert self.feature_schema.label is not None
+        default = "auc" if self.feature_schema.label.objective == "binary" else "rmse"
+        return stopping.metric or default
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data that ``RunConfig.from_dict`` reads back into an equal config."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return self.model_dump(mode="json", by_alias=True)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "config") -> RunConfig:

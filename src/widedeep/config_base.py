@@ -29,12 +29,17 @@ def format_validation_error(error: ValidationError, where: str) -> str:
     lines = []
     for problem in error.errors():
         path = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        message = problem["msg"].removeprefix("Value error, ")
+        value = problem.get("input")
         if problem["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif "input" in problem and problem["type"] not in ("missing",):
-            message = f"{message} (got {problem['input']!r})"
-        lines.append(f"  - {path}: {message}")
+            messages = ["unknown key"]
+        elif problem["type"] == "value_error":
+            # Our validators put one problem per line; the input is a whole document.
+            messages = problem["msg"].removeprefix("Value error, ").split("\n")
+        elif problem["type"] != "missing" and not isinstance(value, dict | list | tuple):
+            messages = [f"{problem['msg']} (got {value!r})"]
+        else:
+            messages = [problem["msg"]]
+        lines += [f"  - {path}: {message}" for message in messages]
     count = len(lines)
     header = f"{where}: {count} problem{'s' if count != 1 else ''}"
     return header + "\n" + "\n".join(lines)

@@ -6,6 +6,7 @@ what a user hands us into one, and names the source in every error.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -27,8 +28,11 @@ def describe_source(source: TableSource) -> str:
     return f"the {type(source).__name__}"
 
 
-def read_table(source: TableSource) -> pl.DataFrame:
-    """Load ``source`` as a polars DataFrame: a path, polars, pandas or Arrow table."""
+def read_table(source: TableSource, text_columns: Sequence[str] = ()) -> pl.DataFrame:
+    """Load ``source`` as a polars DataFrame: a path, polars, pandas or Arrow table.
+
+    ``text_columns`` are read as strings from CSV files (ids like '01234' keep their zeros).
+    """
     if isinstance(source, pl.DataFrame):
         return source
     if isinstance(source, pl.LazyFrame):
@@ -37,7 +41,7 @@ def read_table(source: TableSource) -> pl.DataFrame:
         frame = pl.from_arrow(source)
         return frame if isinstance(frame, pl.DataFrame) else frame.to_frame()
     if isinstance(source, str | Path):
-        return _read_path(Path(source))
+        return _read_path(Path(source), text_columns)
     if type(source).__module__.startswith("pandas"):
         return pl.from_pandas(source)
     raise SchemaError(
@@ -54,14 +58,22 @@ def write_table(frame: pl.DataFrame, path: str | Path) -> None:
     if suffix in PARQUET_SUFFIXES:
         frame.write_parquet(path)
     elif suffix in CSV_SUFFIXES:
-        frame.write_csv(path, separator="\t" if suffix == ".tsv" else ",")
+        # CSV has no lists: write them as 'a|b|c', which multi_categorical features read back.
+        lists = [name for name, dtype in frame.schema.items() if isinstance(dtype, pl.List)]
+        flat = frame.with_columns(
+            pl.col(name).cast(pl.List(pl.String)).list.join("|") for name in lists
+        )
+        nested = [n for n, dtype in flat.schema.items() if dtype.is_nested()]
+        if nested:
+            raise SchemaError(f"cannot write nested column(s) {nested} to CSV {path}; use .parquet")
+        flat.write_csv(path, separator="\t" if suffix == ".tsv" else ",")
     else:
         raise SchemaError(
             f"cannot write {path}: expected a .parquet or .csv file name, got '{suffix}'"
         )
 
 
-def _read_path(path: Path) -> pl.DataFrame:
+def _read_path(path: Path, text_columns: Sequence[str]) -> pl.DataFrame:
     if not path.exists():
         raise SchemaError(f"{path}: no such file or folder")
     try:
@@ -74,8 +86,13 @@ def _read_path(path: Path) -> pl.DataFrame:
         if suffix in PARQUET_SUFFIXES:
             return pl.read_parquet(path)
         if suffix in CSV_SUFFIXES:
+            separator = "\t" if suffix == ".tsv" else ","
+            header = pl.read_csv(path, separator=separator, n_rows=0).columns
             return pl.read_csv(
-                path, separator="\t" if suffix == ".tsv" else ",", infer_schema_length=10_000
+                path,
+                separator=separator,
+                infer_schema_length=10_000,
+                schema_overrides={c: pl.String for c in text_columns if c in header},
             )
     except (pl.exceptions.PolarsError, OSError, pa.ArrowException) as error:
         raise SchemaError(f"{path}: cannot be read as a table: {error}") from None

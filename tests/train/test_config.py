@@ -200,12 +200,43 @@ def test_to_dict_round_trips(base: dict[str, Any]) -> None:
     assert RunConfig.from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict()))) == config
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RunConfig.to_dict uses exclude_none=True, so 'early_stopping: null' "
-    "(disabled) is dropped and reads back as the enabled default EarlyStoppingConfig()",
-)
 def test_to_dict_round_trips_disabled_early_stopping(base: dict[str, Any]) -> None:
     config = RunConfig.from_dict(base)
     assert config.train.early_stopping is None
-    assert RunConfig.from_dict(config.to_dict()).train.early_stopping is None
+    again = RunConfig.from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict())))
+    assert again == config
+    assert again.train.early_stopping is None
+
+
+@pytest.mark.parametrize(
+    ("label", "metric", "expected"),
+    [
+        ("{column: click}", None, "auc"),
+        ("{column: rating, objective: regression}", None, "rmse"),
+        ("{column: click}", "logloss", "logloss"),
+        ("{column: rating, objective: regression}", "mae", "mae"),
+    ],
+)
+def test_early_stopping_metric_defaults_to_the_objectives(
+    base: dict[str, Any], label: str, metric: str | None, expected: str
+) -> None:
+    stopping = "{patience: 2}" if metric is None else f"{{metric: {metric}}}"
+    config = RunConfig.from_dict(
+        apply_overrides(base, [f"schema.label={label}", f"train.early_stopping={stopping}"])
+    )
+    assert config.early_stopping_metric == expected
+
+
+@pytest.mark.parametrize(
+    ("label", "metric"),
+    [
+        ("{column: rating, objective: regression}", "auc"),
+        ("{column: click}", "rmse"),
+    ],
+)
+def test_early_stopping_metric_of_the_other_objective_is_refused(
+    base: dict[str, Any], label: str, metric: str
+) -> None:
+    overrides = [f"schema.label={label}", f"train.early_stopping={{metric: {metric}}}"]
+    with pytest.raises(ConfigError, match=rf"train\.early_stopping\.metric '{metric}'"):
+        RunConfig.from_dict(apply_overrides(base, overrides))

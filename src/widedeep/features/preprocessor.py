@@ -9,8 +9,10 @@ and the first bad row (rows are counted from 0).
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +99,20 @@ class _Tokens:
     valid: NDArray[np.bool_]
 
 
+@dataclass(frozen=True)
+class SideTable:
+    """The features of one side (a users or items table) encoded once, row-aligned.
+
+    values: per feature, ids (N,) / (N, L) or a dense column (N,); tokens: the raw-value
+    hashes of cross components, so crosses with the other side can be formed per pair.
+    """
+
+    names: tuple[str, ...]
+    values: dict[str, NDArray[Any]]
+    tokens: dict[str, _Tokens]
+    report: TransformReport
+
+
 class Preprocessor:
     """Fits vocabularies, statistics and boundaries on a training table; encodes tables."""
 
@@ -107,11 +123,11 @@ class Preprocessor:
     # ----------------------------------------------------------------------------- fitting
     def fit(self, source: TableSource) -> Preprocessor:
         """Learn each feature's state from the training table ``source``."""
-        return self._fit_frame(read_table(source), describe_source(source))
+        return self._fit_frame(self._read(source), describe_source(source))
 
     def fit_transform(self, source: TableSource) -> EncodedTable:
         """``fit`` then ``transform`` on the same table (read once)."""
-        frame, where = read_table(source), describe_source(source)
+        frame, where = self._read(source), describe_source(source)
         self._fit_frame(frame, where)
         return self._transform_frame(frame, where, with_labels=None)
 
@@ -127,7 +143,16 @@ class Preprocessor:
     def transform(self, source: TableSource, *, with_labels: bool | None = None) -> EncodedTable:
         """Encode ``source``. ``with_labels``: None = if the label column is there, True = must."""
         self._check_fitted()
-        return self._transform_frame(read_table(source), describe_source(source), with_labels)
+        return self._transform_frame(self._read(source), describe_source(source), with_labels)
+
+    def _read(self, source: TableSource) -> pl.DataFrame:
+        """Read ``source``; from CSV, id columns stay text (so '01234' keeps its zero)."""
+        text_columns = [
+            f.source_column
+            for f in self.schema.features
+            if isinstance(f, CategoricalFeature | HashedFeature | MultiCategoricalFeature)
+        ]
+        return read_table(source, text_columns=text_columns)
 
     def _transform_frame(
         self, frame: pl.DataFrame, where: str, with_labels: bool | None
@@ -138,46 +163,137 @@ class Preprocessor:
             raise SchemaError("labels were asked for, but the schema declares no label")
         need_label = bool(with_labels) or (with_labels is None and has_label)
         _check_table(frame, self.schema, where, need_label=need_label)
+        side = self._encode_side(frame, where, self._base_features())
+        encoded = self._assemble(lambda name: (side, None), frame.height)
+        labels = _encode_labels(frame, self.schema, where) if need_label else None
+        return replace(encoded, labels=labels, report=side.report)
+
+    # ----------------------------------------------------------------------- pairs of sides
+    def encode_side(self, source: TableSource, columns: Iterable[str] | None = None) -> SideTable:
+        """Encode, once, the features whose input columns a side table (users, items) holds.
+
+        ``columns`` limits which of its columns count as feature inputs (default: all).
+        Pairs of rows from two sides become model inputs with ``encode_pairs``.
+        """
+        self._check_fitted()
+        frame, where = self._read(source), describe_source(source)
+        available = set(frame.columns if columns is None else columns) & set(frame.columns)
+        names = [f.name for f in self._base_features() if f.source_column in available]
+        if frame.height == 0:
+            raise SchemaError(f"{where}: the table is empty (0 rows)")
+        return self._encode_side(frame, where, names)
+
+    def encode_pairs(self, sides: Sequence[tuple[SideTable, NDArray[np.int64]]]) -> EncodedTable:
+        """Model inputs for rows that pair one row of each side: ``[(side, rows), ...]``.
+
+        Each feature comes from the side that encoded it; a feature on no side (a context
+        column absent at scoring time) is encoded as missing. Crosses between features of
+        different sides (installed apps x candidate app) are hashed per pair here.
+        """
+        n = len(sides[0][1])
+        owner: dict[str, tuple[SideTable, NDArray[np.int64] | None]] = {}
+        for side, rows in sides:
+            if len(rows) != n:
+                raise ValueError("every side needs one row index per pair")
+            for name in side.names:
+                owner.setdefault(name, (side, rows))
+        missing = [f.name for f in self._base_features() if f.name not in owner]
+        if missing:
+            empty = self._missing_side(missing)
+            zeros = np.zeros(n, dtype=np.int64)
+            for name in missing:
+                owner[name] = (empty, zeros)
+        return self._assemble(lambda name: owner[name], n)
+
+    def _base_features(self) -> list[Feature]:
+        """The non-cross features that feed a part or a cross (what a table must supply)."""
+        used = {f.name for f in self.layout.fields} | set(self.layout.dense)
+        for feature in self.schema.features:
+            if isinstance(feature, CrossFeature) and feature.name in used:
+                used.update(feature.features)
+        return [f for f in self.schema.features if f.kind != "cross" and f.name in used]
+
+    def _missing_side(self, names: list[str]) -> SideTable:
+        """A one-row side where every listed feature's input is missing."""
+        columns = {self.schema.feature(name).source_column for name in names}
+        frame = pl.DataFrame({column: [None] for column in columns})
+        return self._encode_side(frame, "missing context", names)
+
+    def _encode_side(
+        self, frame: pl.DataFrame, where: str, features: Iterable[Feature | str]
+    ) -> SideTable:
         state = self._check_fitted()
         layout = self.layout
+        in_layout = {f.name for f in layout.fields} | set(layout.dense)
+        components = {
+            part
+            for f in self.schema.features
+            if isinstance(f, CrossFeature) and f.name in in_layout
+            for part in f.features
+        }
         report = TransformReport(rows=frame.height)
-        encoded: dict[str, IdArray] = {}
+        values: dict[str, NDArray[Any]] = {}
         tokens: dict[str, _Tokens] = {}
-        needed = {f.name for f in layout.fields}
-        for feature in self.schema.features:
-            if isinstance(feature, CrossFeature) and feature.name in needed:
-                encoded[feature.name] = _encode_cross(
-                    feature, frame, state, tokens, self.schema, where
-                )
-            elif feature.name in needed:
+        names = []
+        for item in features:
+            feature = self.schema.feature(item) if isinstance(item, str) else item
+            names.append(feature.name)
+            if isinstance(feature, NumericFeature):
+                values[feature.name] = _encode_numeric(feature, frame, state[feature.name], where)
+                continue
+            if feature.name in in_layout:
                 column_report = ColumnReport()
-                encoded[feature.name] = _encode_sparse(
+                values[feature.name] = _encode_sparse(
                     feature, frame, state[feature.name], where, column_report
                 )
                 report.columns[feature.name] = column_report
-        n = frame.height
+            if feature.name in components:
+                tokens[feature.name] = _component_tokens(feature, frame, state[feature.name], where)
+        return SideTable(names=tuple(names), values=values, tokens=tokens, report=report)
+
+    def _assemble(
+        self,
+        source_of: Callable[[str], tuple[SideTable, NDArray[np.int64] | None]],
+        n: int,
+    ) -> EncodedTable:
+        """Stack features in layout order, gathering each from its side's rows."""
+        layout = self.layout
+
+        def value(name: str) -> NDArray[Any]:
+            side, rows = source_of(name)
+            array = side.values[name]
+            return array if rows is None else array[rows]
+
+        def tokens(name: str) -> _Tokens:
+            side, rows = source_of(name)
+            found = side.tokens[name]
+            if rows is None:
+                return found
+            return _Tokens(found.hashes[rows], found.valid[rows])
+
+        def column(name: str) -> IdArray:
+            feature = self.schema.feature(name)
+            if isinstance(feature, CrossFeature):
+                return _encode_cross(feature, tokens, self.schema)
+            return value(name)
+
         ids = (
-            np.stack([encoded[f.name] for f in layout.single], axis=1)
+            np.stack([column(f.name) for f in layout.single], axis=1)
             if layout.single
             else np.zeros((n, 0), dtype=np.int64)
         )
-        multi = tuple(encoded[f.name] for f in layout.multi)
-        dense_columns = [
-            _encode_numeric(self.schema.feature(name), frame, state[name], where)  # type: ignore[arg-type]
-            for name in layout.dense
-        ]
+        multi = tuple(np.ascontiguousarray(column(f.name)) for f in layout.multi)
         dense = (
-            np.stack(dense_columns, axis=1).astype(np.float32)
-            if dense_columns
+            np.stack([value(name) for name in layout.dense], axis=1).astype(np.float32)
+            if layout.dense
             else np.zeros((n, 0), dtype=np.float32)
         )
-        labels = _encode_labels(frame, self.schema, where) if need_label else None
         return EncodedTable(
             ids=np.ascontiguousarray(ids, dtype=np.int64),
             multi_ids=multi,
             dense=np.ascontiguousarray(dense),
-            labels=labels,
-            report=report,
+            labels=None,
+            report=TransformReport(rows=n),
         )
 
     # ------------------------------------------------------------------------------ layout
@@ -222,7 +338,7 @@ class Preprocessor:
         return {
             "version": STATE_VERSION,
             "schema": self.schema.to_dict(),
-            "state": self._check_fitted(),
+            "state": copy.deepcopy(self._check_fitted()),
         }
 
     @classmethod
@@ -385,6 +501,7 @@ def _fit_feature(feature: Feature, frame: pl.DataFrame, where: str) -> dict[str,
         return _fit_numeric(feature, frame, where)
     if isinstance(feature, BucketizedFeature):
         if feature.boundaries is not None:
+            _numbers(frame, feature.source_column, where, feature.name)  # dtype check only
             return {"boundaries": list(feature.boundaries)}
         observed = _observed(feature, frame, where)
         assert feature.num_buckets is not None
@@ -561,20 +678,12 @@ def _component_tokens(
 
 
 def _encode_cross(
-    feature: CrossFeature,
-    frame: pl.DataFrame,
-    state: dict[str, dict[str, Any]],
-    cache: dict[str, _Tokens],
-    schema: FeatureSchema,
-    where: str,
+    feature: CrossFeature, tokens_of: Callable[[str], _Tokens], schema: FeatureSchema
 ) -> IdArray:
     """Hash every combination of the components' values: (N,) or (N, L1*L2*...) ids."""
     combined: _Tokens | None = None
     for name in feature.features:
-        if name not in cache:
-            part = schema.feature(name)
-            cache[name] = _component_tokens(part, frame, state[name], where)
-        tokens = cache[name]
+        tokens = tokens_of(name)
         if combined is None:
             combined = tokens
             continue
@@ -607,9 +716,12 @@ def _encode_numeric(
         return (values - state["mean"]) / state["std"]
     if feature.transform == "quantile":
         quantiles = np.asarray(state["quantiles"], dtype=np.float64)
-        # The paper: a value in the i-th of n_q quantiles maps to (i - 1) / (n_q - 1).
-        index = np.searchsorted(quantiles, values, side="right")
-        return index / (len(quantiles))
+        # The paper: a value in the i-th of n_q quantiles maps to (i - 1) / (n_q - 1). A value
+        # equal to several cut points (a heavily repeated one, like 0) takes the middle of
+        # the quantiles it spans, so a 92% mass at 0 maps near 0.46, not to 0.92.
+        low = np.searchsorted(quantiles, values, side="left")
+        high = np.searchsorted(quantiles, values, side="right")
+        return (low + high) / (2 * len(quantiles))
     return values
 
 

@@ -169,7 +169,7 @@ class FeatureSchema(Record):
     def _references(self) -> FeatureSchema:
         problems = _reference_problems(self)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return self
 
     def feature(self, name: str) -> Feature:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 import torch.nn.functional as F
 import yaml
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from widedeep.bundle import build_model, evaluate_predictions, save_bundle
 from widedeep.config import RunConfig
-from widedeep.data.sources import load_splits
+from widedeep.data.sources import Splits, load_splits
 from widedeep.data.tensors import TensorTable
 from widedeep.errors import ConfigError
 from widedeep.features.preprocessor import Preprocessor
@@ -33,6 +34,7 @@ from widedeep.inference import predict
 from widedeep.metrics import calibration
 from widedeep.model.widedeep import WideDeep
 from widedeep.plots import plot_history, plot_reliability
+from widedeep.retrieval import ItemCooccurrence, MostPopular
 from widedeep.train.optimizers import build_optimizers, use_sparse_gradients
 
 log = logging.getLogger(__name__)
@@ -132,9 +134,12 @@ def train(config: RunConfig, output_dir: str | Path) -> TrainResult:
     sparse = use_sparse_gradients(config.model)
     model = build_model(config, preprocessor, sparse_gradients=sparse).to(device)
     optimizers = build_optimizers(model, settings, sparse_tables=sparse)
-    stopper = (
-        EarlyStopping(**settings.early_stopping.model_dump()) if settings.early_stopping else None
-    )
+    stop_metric = config.early_stopping_metric
+    stopper = None
+    if settings.early_stopping is not None and stop_metric is not None:
+        stopper = EarlyStopping(
+            stop_metric, settings.early_stopping.patience, settings.early_stopping.min_delta
+        )
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     history: list[dict[str, Any]] = []
@@ -186,7 +191,14 @@ def train(config: RunConfig, output_dir: str | Path) -> TrainResult:
             "test": 0 if test_table is None else len(test_table),
         },
     }
-    bundle_dir = save_bundle(run_dir / "bundle", model, preprocessor, config, metrics)
+    tables = None
+    if splits.rec is not None:
+        assert train_table.labels is not None
+        tables = recommendation_tables(splits, train_table.labels.numpy(), config)
+        _write_interactions(run_dir, splits)
+    bundle_dir = save_bundle(
+        run_dir / "bundle", model, preprocessor, config, metrics, tables=tables
+    )
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     plots = _plots(
         run_dir,
@@ -284,6 +296,37 @@ def _train_epoch(
     bar.close()
     seconds = time.perf_counter() - start
     return float(total_loss / max(seen, 1)), seconds
+
+
+def recommendation_tables(
+    splits: Splits, train_labels: np.ndarray, config: RunConfig
+) -> dict[str, pl.DataFrame]:
+    """What a bundle keeps for ranking: the item catalog, popularity and co-occurrence."""
+    assert splits.rec is not None
+    data = config.data
+    positives = splits.train.filter(pl.Series(train_labels > 0.5))
+    items = splits.rec.tables.items
+    if items is None:
+        items = splits.train.select(data.item_key).unique(maintain_order=True)
+    catalog = items.get_column(data.item_key).cast(pl.String)
+    popular = MostPopular.fit(positives, data.item_key, catalog)
+    cooccurrence = ItemCooccurrence.fit(positives, data.user_key, data.item_key, catalog)
+    return {
+        "items": items,
+        "popularity": popular.to_frame(catalog),
+        "cooccurrence": cooccurrence.to_frame(catalog),
+    }
+
+
+def _write_interactions(run_dir: Path, splits: Splits) -> None:
+    """The labelled interactions of each split, so ranking can be evaluated on the same ones."""
+    assert splits.rec is not None
+    folder = run_dir / "interactions"
+    folder.mkdir(exist_ok=True)
+    for name in ("train", "validation", "test"):
+        part = getattr(splits.rec, name)
+        if part is not None:
+            part.write_parquet(folder / f"{name}.parquet")
 
 
 def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:

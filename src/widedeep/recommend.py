@@ -1,0 +1,262 @@
+"""Top-K recommendation: candidates -> batched pair scores -> the K best items per user.
+
+Each user's features and each item's features are encoded once; the (user, item) pairs of a
+chunk of users are then assembled by indexing, with user x item crosses hashed per pair, and
+scored by the model in large batches. No Python-level join, no row-by-row loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import torch
+from numpy.typing import NDArray
+
+from widedeep.bundle import Bundle
+from widedeep.data.tensors import TensorTable
+from widedeep.errors import ConfigError, SchemaError
+from widedeep.features.preprocessor import SideTable
+from widedeep.retrieval import item_positions
+from widedeep.tables import TableSource, describe_source, read_table
+
+log = logging.getLogger(__name__)
+
+UnknownItems = Literal["error", "skip"]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The items that can be recommended: their keys and their encoded features."""
+
+    keys: pl.Series
+    side: SideTable
+
+    def __len__(self) -> int:
+        return self.keys.len()
+
+
+def _key_column(frame: pl.DataFrame, key: str, what: str, where: str) -> pl.Series:
+    if key not in frame.columns:
+        raise SchemaError(f"{where}: the {what} table has no key column '{key}'")
+    keys = frame.get_column(key)
+    if keys.null_count():
+        row = int(keys.is_null().arg_true()[0])
+        raise SchemaError(f"{where}: the {what} key '{key}' is missing in row {row}")
+    return keys
+
+
+def load_catalog(bundle: Bundle, items: TableSource | None = None) -> Catalog:
+    """The catalog from ``items`` (a table with the item key and features) or the bundle's."""
+    key = bundle.config.data.item_key
+    if items is None:
+        frame = bundle.table("items")
+        if frame is None:
+            raise ConfigError("this bundle stores no item catalog; give an items table (--items)")
+        where = "the bundle's items table"
+    else:
+        frame, where = read_table(items), describe_source(items)
+    keys = _key_column(frame, key, "items", where)
+    if keys.is_duplicated().any():
+        row = int(keys.is_duplicated().arg_true()[0])
+        raise SchemaError(f"{where}: item {keys[row]!r} appears more than once (row {row})")
+    side = bundle.preprocessor.encode_side(
+        frame, [c for c in frame.columns if c != bundle.config.data.user_key]
+    )
+    return Catalog(keys=keys.cast(pl.String), side=side)
+
+
+def seen_mask_rows(
+    interactions: pl.DataFrame | None,
+    user_keys: pl.Series,
+    catalog: Catalog,
+    user_key: str,
+    item_key: str,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(user row, catalog position) of every interaction to exclude."""
+    if interactions is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    for key in (user_key, item_key):
+        if key not in interactions.columns:
+            raise SchemaError(f"the seen-interactions table has no column '{key}'")
+    users = item_positions(interactions.get_column(user_key), user_keys)
+    items = item_positions(interactions.get_column(item_key), catalog.keys)
+    known = (users >= 0) & (items >= 0)
+    return users[known], items[known]
+
+
+def candidate_matrix(
+    candidates: pl.DataFrame,
+    user_keys: pl.Series,
+    catalog: Catalog,
+    user_key: str,
+    item_key: str,
+    on_unknown: UnknownItems,
+) -> NDArray[np.int64]:
+    """(U, N) catalog positions from a (user, item) candidates table, padded with -1."""
+    users = item_positions(candidates.get_column(user_key), user_keys)
+    items = item_positions(candidates.get_column(item_key), catalog.keys)
+    unknown = items < 0
+    if unknown.any():
+        row = int(np.flatnonzero(unknown)[0])
+        message = (
+            f"{int(unknown.sum())} candidate(s) name items not in the catalog, first "
+            f"{candidates.get_column(item_key)[row]!r} in row {row}"
+        )
+        if on_unknown == "error":
+            raise SchemaError(message + " (use skip to leave them out)")
+        log.warning("%s; skipped", message)
+    keep = (users >= 0) & ~unknown
+    frame = (
+        pl.DataFrame({"row": users[keep], "item": items[keep]})
+        .unique(maintain_order=True)
+        .with_columns(pl.int_range(pl.len()).over("row").alias("slot"))
+    )
+    width = int(frame.get_column("slot").to_numpy().max()) + 1 if frame.height else 1
+    out = np.full((user_keys.len(), width), -1, dtype=np.int64)
+    out[frame.get_column("row").to_numpy(), frame.get_column("slot").to_numpy()] = frame.get_column(
+        "item"
+    ).to_numpy()
+    return out
+
+
+@torch.no_grad()
+def score_pairs(
+    bundle: Bundle,
+    users: SideTable,
+    user_rows: NDArray[np.int64],
+    catalog: Catalog,
+    item_rows: NDArray[np.int64],
+    batch_size: int = 65_536,
+) -> NDArray[np.float32]:
+    """Model scores of the (user_rows[i], item_rows[i]) pairs."""
+    encoded = bundle.preprocessor.encode_pairs([(users, user_rows), (catalog.side, item_rows)])
+    table = TensorTable.from_encoded(encoded)
+    model = bundle.model
+    model.eval()
+    out = np.empty(len(table), dtype=np.float32)
+    for start in range(0, len(table), batch_size):
+        batch = table.slice(start, min(start + batch_size, len(table)))
+        logits = model.logits(batch)
+        scores = torch.sigmoid(logits) if model.objective == "binary" else logits
+        out[start : start + len(batch)] = scores.numpy()
+    return out
+
+
+def top_k(
+    bundle: Bundle,
+    users: TableSource,
+    *,
+    k: int = 10,
+    items: TableSource | None = None,
+    exclude_seen: TableSource | None = None,
+    candidates: TableSource | NDArray[np.int64] | None = None,
+    on_unknown_items: UnknownItems = "error",
+    pairs_per_chunk: int = 262_144,
+) -> pl.DataFrame:
+    """The ``k`` best items for every user of ``users``: rows (user, rank, item, score).
+
+    Users are scored from their features, so users unseen in training get recommendations
+    too (cold start). ``candidates`` limits each user's items (a (user, item) table or a
+    (U, N) matrix of catalog positions, -1 = none); by default every catalog item is a
+    candidate. ``exclude_seen`` removes the (user, item) pairs it lists. Ties keep catalog
+    order, so the output is deterministic.
+    """
+    if k < 1:
+        raise ConfigError(f"k must be >= 1, got {k}")
+    data = bundle.config.data
+    user_frame = read_table(users)
+    where = describe_source(users)
+    user_keys = _key_column(user_frame, data.user_key, "users", where).cast(pl.String)
+    user_side = bundle.preprocessor.encode_side(
+        user_frame, [c for c in user_frame.columns if c != data.item_key]
+    )
+    catalog = load_catalog(bundle, items)
+    n_users, n_items = user_keys.len(), len(catalog)
+    if isinstance(candidates, np.ndarray):
+        matrix: NDArray[np.int64] | None = candidates.astype(np.int64)
+    elif candidates is not None:
+        matrix = candidate_matrix(
+            read_table(candidates),
+            user_keys,
+            catalog,
+            data.user_key,
+            data.item_key,
+            on_unknown_items,
+        )
+    else:
+        matrix = None
+    seen_users, seen_items = seen_mask_rows(
+        read_table(exclude_seen) if exclude_seen is not None else None,
+        user_keys,
+        catalog,
+        data.user_key,
+        data.item_key,
+    )
+    width = n_items if matrix is None else matrix.shape[1]
+    chunk = max(1, pairs_per_chunk // max(width, 1))
+    rows_out, ranks_out, items_out, scores_out = [], [], [], []
+    for start in range(0, n_users, chunk):
+        stop = min(start + chunk, n_users)
+        block = np.arange(start, stop)
+        if matrix is None:
+            item_grid = np.broadcast_to(np.arange(n_items), (len(block), n_items))
+        else:
+            item_grid = matrix[start:stop]
+        valid = item_grid >= 0
+        user_rows = np.repeat(block, item_grid.shape[1])
+        scores = np.full(item_grid.shape, -np.inf, dtype=np.float32)
+        flat_valid = valid.reshape(-1)
+        scores.reshape(-1)[flat_valid] = score_pairs(
+            bundle,
+            user_side,
+            user_rows[flat_valid],
+            catalog,
+            item_grid.reshape(-1)[flat_valid],
+        )
+        valid = valid & ~_seen(seen_users, seen_items, block, item_grid)
+        scores[~valid] = -np.inf
+        take = min(k, item_grid.shape[1])
+        # Stable ordering: sort by -score, ties by column (catalog or candidate order).
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :take]
+        best = np.take_along_axis(scores, order, axis=1)
+        keep = np.isfinite(best)
+        rows_out.append(np.repeat(block, take)[keep.reshape(-1)])
+        ranks_out.append(np.tile(np.arange(1, take + 1), len(block))[keep.reshape(-1)])
+        items_out.append(np.take_along_axis(item_grid, order, axis=1)[keep])
+        scores_out.append(best[keep])
+    rows = np.concatenate(rows_out) if rows_out else np.zeros(0, np.int64)
+    return pl.DataFrame(
+        {
+            data.user_key: user_keys.gather(rows),
+            "rank": np.concatenate(ranks_out) if ranks_out else np.zeros(0, np.int64),
+            data.item_key: catalog.keys.gather(
+                np.concatenate(items_out) if items_out else np.zeros(0, np.int64)
+            ),
+            "score": np.concatenate(scores_out) if scores_out else np.zeros(0, np.float32),
+        }
+    )
+
+
+def _seen(
+    seen_users: NDArray[np.int64],
+    seen_items: NDArray[np.int64],
+    block: NDArray[np.int64],
+    item_grid: NDArray[np.int64],
+) -> NDArray[np.bool_]:
+    """Which cells of ``item_grid`` (rows = users of ``block``) are seen pairs."""
+    out = np.zeros(item_grid.shape, dtype=bool)
+    if not len(seen_users):
+        return out
+    in_block = (seen_users >= block[0]) & (seen_users <= block[-1])
+    if not in_block.any():
+        return out
+    n_items = int(max(item_grid.max(initial=0), seen_items.max(initial=0))) + 1
+    seen_keys = np.unique(seen_users[in_block] * n_items + seen_items[in_block])
+    keys = (block[:, None] * n_items + np.maximum(item_grid, 0)).reshape(-1)
+    at = np.minimum(np.searchsorted(seen_keys, keys), len(seen_keys) - 1)
+    out.reshape(-1)[:] = (seen_keys[at] == keys) & (item_grid.reshape(-1) >= 0)
+    return out
