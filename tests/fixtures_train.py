@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from widedeep.config import RunConfig, apply_overrides
-from widedeep.train.loop import TrainResult, train
+from widedeep.training.loop import TrainResult, train
 
 N_USERS, N_ITEMS, N_TAGS = 10, 8, 6
 TRAIN_ROWS, TEST_ROWS = 2400, 800
@@ -134,7 +134,7 @@ def one_thread() -> Iterator[None]:
 def skip_plots(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make ``train`` draw no PNGs (a second per run) where a test does not look at them."""
     # Not the dotted string: ``widedeep.train`` is the train function, shadowing the package.
-    loop = importlib.import_module("widedeep.train.loop")
+    loop = importlib.import_module("widedeep.training.loop")
     monkeypatch.setattr(loop, "_plots", lambda *args, **kwargs: [])
 
 

@@ -24,7 +24,7 @@ import widedeep
 from fixtures_train import config_dict, one_thread, shared_run, skip_plots, write_tables
 from widedeep.bundle import load_bundle
 from widedeep.cli import app, main
-from widedeep.train.loop import TrainResult
+from widedeep.training.loop import TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
 

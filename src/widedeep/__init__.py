@@ -30,7 +30,7 @@ from widedeep.features.schema import (
 )
 from widedeep.model.widedeep import WideDeep
 from widedeep.optim import FTRL
-from widedeep.train.loop import TrainResult, train
+from widedeep.training.loop import TrainResult, train
 
 __version__ = "0.1.0"
 

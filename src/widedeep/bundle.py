@@ -30,12 +30,12 @@ from safetensors.torch import load_file, save_file
 
 from widedeep.config import RunConfig
 from widedeep.data.tensors import TensorTable
-from widedeep.errors import BundleError, SchemaError
+from widedeep.errors import BundleError, ConfigError, SchemaError
 from widedeep.features.preprocessor import Preprocessor, TransformReport
 from widedeep.inference import predict, predict_parts
 from widedeep.metrics import binary_report, regression_report
 from widedeep.model.widedeep import WideDeep
-from widedeep.tables import TableSource, describe_source, read_table
+from widedeep.tables import TableSource, describe_source
 
 FORMAT = "widedeep-bundle"
 FORMAT_VERSION = 1
@@ -133,7 +133,7 @@ class Bundle:
         self, source: TableSource, column: str = "score", batch_size: int = 16384
     ) -> pl.DataFrame:
         """The input table with a ``column`` of scores added (other columns kept as they are)."""
-        frame = read_table(source)
+        frame = self.preprocessor.read(source)
         if column in frame.columns:
             raise SchemaError(
                 f"{describe_source(source)} already has a column '{column}'; choose another name"
@@ -247,7 +247,7 @@ def load_bundle(path: str | Path) -> Bundle:
         )
         preprocessor = Preprocessor.from_dict(json.loads((folder / PREPROCESSOR).read_text()))
         tensors = load_file(str(folder / WEIGHTS))
-    except (json.JSONDecodeError, SafetensorError, SchemaError) as error:
+    except (json.JSONDecodeError, SafetensorError, SchemaError, ConfigError) as error:
         raise BundleError(f"{folder}: cannot be read: {error}") from None
     model = build_model(config, preprocessor, sparse_gradients=False)
     try:

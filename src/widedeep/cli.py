@@ -51,7 +51,7 @@ def train(
     Example: widedeep train adult.yaml --output runs/adult --set train.epochs=5
     """
     from widedeep.config import load_config
-    from widedeep.train.loop import train as run_training
+    from widedeep.training.loop import train as run_training
 
     run_config = load_config(config, overrides or [])
     result = run_training(run_config, output)
@@ -59,7 +59,7 @@ def train(
 
 
 def _report_run(result: object) -> None:
-    from widedeep.train.loop import TrainResult
+    from widedeep.training.loop import TrainResult
 
     assert isinstance(result, TrainResult)
     _print_metrics(f"validation (best epoch {result.best_epoch})", result.validation_metrics)
@@ -124,8 +124,8 @@ def demo(
     Example: widedeep demo --output runs/demo --compare
     """
     from widedeep.config import load_config
-    from widedeep.train.loop import train as run_training
-    from widedeep.train.loop import train_ablation
+    from widedeep.training.loop import train as run_training
+    from widedeep.training.loop import train_ablation
 
     source = resources.files("widedeep") / "configs" / "adult.yaml"
     with resources.as_file(source) as path:

@@ -228,19 +228,22 @@ def _impression_chunk(
     user = rng.integers(0, n_users, rows)
     mechanism = rng.random(rows)
     app = np.empty(rows, dtype=np.int64)
-    # 30%: what the store pushes (popularity); 40%: the user's taste; 30%: companions.
-    popular = mechanism < 0.3
+    # 10%: what the store pushes (popularity); 30%: anything (browsing, search);
+    # 30%: the user's taste; 30%: companions of an app the user has.
+    popular = mechanism < 0.1
     app[popular] = rng.choice(
         n_apps, int(popular.sum()), p=world.popularity / world.popularity.sum()
     )
-    taste = (mechanism >= 0.3) & (mechanism < 0.7)
+    browse = (mechanism >= 0.1) & (mechanism < 0.4)
+    app[browse] = rng.integers(0, n_apps, int(browse.sum()))
+    taste = (mechanism >= 0.4) & (mechanism < 0.7)
     app[taste] = _sample_in_category(
         world.popularity,
         world.apps_by_category,
         _sample_rows(world.category_preference, user[taste], rng),
         rng,
     )
-    companion = ~(popular | taste)
+    companion = mechanism >= 0.7
     counts = np.diff(world.installed_offsets)[user[companion]]
     pick = world.installed_offsets[user[companion]] + (
         rng.random(int(companion.sum())) * np.maximum(counts, 1)

@@ -123,11 +123,11 @@ class Preprocessor:
     # ----------------------------------------------------------------------------- fitting
     def fit(self, source: TableSource) -> Preprocessor:
         """Learn each feature's state from the training table ``source``."""
-        return self._fit_frame(self._read(source), describe_source(source))
+        return self._fit_frame(self.read(source), describe_source(source))
 
     def fit_transform(self, source: TableSource) -> EncodedTable:
         """``fit`` then ``transform`` on the same table (read once)."""
-        frame, where = self._read(source), describe_source(source)
+        frame, where = self.read(source), describe_source(source)
         self._fit_frame(frame, where)
         return self._transform_frame(frame, where, with_labels=None)
 
@@ -143,9 +143,9 @@ class Preprocessor:
     def transform(self, source: TableSource, *, with_labels: bool | None = None) -> EncodedTable:
         """Encode ``source``. ``with_labels``: None = if the label column is there, True = must."""
         self._check_fitted()
-        return self._transform_frame(self._read(source), describe_source(source), with_labels)
+        return self._transform_frame(self.read(source), describe_source(source), with_labels)
 
-    def _read(self, source: TableSource) -> pl.DataFrame:
+    def read(self, source: TableSource) -> pl.DataFrame:
         """Read ``source``; from CSV, id columns stay text (so '01234' keeps its zero)."""
         text_columns = [
             f.source_column
@@ -168,6 +168,15 @@ class Preprocessor:
         labels = _encode_labels(frame, self.schema, where) if need_label else None
         return replace(encoded, labels=labels, report=side.report)
 
+    def encode_labels(self, source: TableSource) -> NDArray[np.float32]:
+        """Only the labels of ``source`` (0/1 or the target), as training encodes them."""
+        if self.schema.label is None:
+            raise SchemaError("the schema declares no label")
+        frame, where = self.read(source), describe_source(source)
+        if self.schema.label.column not in frame.columns:
+            raise SchemaError(f"{where}: missing label column '{self.schema.label.column}'")
+        return _encode_labels(frame, self.schema, where)
+
     # ----------------------------------------------------------------------- pairs of sides
     def encode_side(self, source: TableSource, columns: Iterable[str] | None = None) -> SideTable:
         """Encode, once, the features whose input columns a side table (users, items) holds.
@@ -176,7 +185,7 @@ class Preprocessor:
         Pairs of rows from two sides become model inputs with ``encode_pairs``.
         """
         self._check_fitted()
-        frame, where = self._read(source), describe_source(source)
+        frame, where = self.read(source), describe_source(source)
         available = set(frame.columns if columns is None else columns) & set(frame.columns)
         names = [f.name for f in self._base_features() if f.source_column in available]
         if frame.height == 0:

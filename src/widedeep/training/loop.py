@@ -35,7 +35,7 @@ from widedeep.metrics import calibration
 from widedeep.model.widedeep import WideDeep
 from widedeep.plots import plot_history, plot_reliability
 from widedeep.retrieval import ItemCooccurrence, MostPopular
-from widedeep.train.optimizers import build_optimizers, use_sparse_gradients
+from widedeep.training.optimizers import build_optimizers, use_sparse_gradients
 
 log = logging.getLogger(__name__)
 
