@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -70,24 +69,95 @@ def _report_run(result: object) -> None:
         typer.echo(f"plot:    {plot}")
 
 
+def _strict_json(value: object) -> object:
+    """JSON-safe copy: NaN (an undefined metric) becomes null."""
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
 @app.command()
 def evaluate(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder written by train.")],
-    data: Annotated[Path, typer.Argument(help="Labelled table (.parquet or .csv).")],
+    data: Annotated[Path, typer.Argument(help="Labelled table, or test interactions.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    ranking: Annotated[
+        bool, typer.Option("--ranking", help="Rank items per user (HR, NDCG, MRR, ...).")
+    ] = False,
+    users: Annotated[
+        Path | None, typer.Option(help="With --ranking: the users table (features).")
+    ] = None,
+    items: Annotated[
+        Path | None, typer.Option(help="With --ranking: the items table (default: bundle's).")
+    ] = None,
+    train_interactions: Annotated[
+        Path | None,
+        typer.Option(
+            "--train", help="With --ranking: training interactions (excluded; popularity)."
+        ),
+    ] = None,
+    protocol: Annotated[
+        str, typer.Option(help="With --ranking: full (all unseen items) or sampled (1 + 99).")
+    ] = "full",
+    k: Annotated[int, typer.Option("-k", help="With --ranking: the cut-off K.")] = 10,
+    negatives: Annotated[int, typer.Option(help="With --protocol sampled: negatives.")] = 99,
+    seed: Annotated[int, typer.Option(help="With --protocol sampled: sampling seed.")] = 0,
 ) -> None:
-    """Score a labelled table with a bundle and print its metrics (AUC, logloss, ...).
+    """Score a labelled table and print its metrics (AUC, logloss, ...), or with --ranking,
+    rank items for the test users beside a popularity baseline.
 
     Example: widedeep evaluate runs/adult/bundle test.parquet --json
+
+    Example: widedeep evaluate runs/app/bundle runs/app/interactions/test.parquet --ranking
+    --users users.parquet --train runs/app/interactions/train.parquet -k 10
     """
     from widedeep.bundle import load_bundle
+    from widedeep.errors import ConfigError
 
-    metrics = load_bundle(bundle).evaluate(data)
+    loaded = load_bundle(bundle)
+    if not ranking:
+        metrics = loaded.evaluate(data)
+        if as_json:
+            typer.echo(json.dumps(_strict_json(metrics)))
+        else:
+            _print_metrics(str(data), metrics)
+        return
+    from widedeep.ranking import evaluate_ranking
+
+    if users is None:
+        raise ConfigError("--ranking needs --users (the users table with their features)")
+    if protocol not in ("full", "sampled"):
+        raise ConfigError(f"--protocol must be 'full' or 'sampled', got '{protocol}'")
+    result = evaluate_ranking(
+        loaded,
+        data,
+        users,
+        train=train_interactions,
+        items=items,
+        protocol=protocol,  # type: ignore[arg-type]
+        k=k,
+        negatives=negatives,
+        seed=seed,
+    )
     if as_json:
-        # Strict JSON: an undefined metric (AUC of a one-class table) is null, not NaN.
-        typer.echo(json.dumps({k: None if v != v else v for k, v in metrics.items()}))
-    else:
-        _print_metrics(str(data), metrics)
+        typer.echo(json.dumps(_strict_json(result.to_dict())))
+        return
+    _print_ranking(result)
+
+
+def _print_ranking(result: object) -> None:
+    from widedeep.ranking import RankingResult
+
+    assert isinstance(result, RankingResult)
+    keys = [key for key in result.popularity if key != "users"]
+    typer.echo(f"ranking, {result.protocol} protocol, {int(result.model['users'])} test users")
+    typer.echo(f"{'':<12}" + "".join(f"{key:>14}" for key in keys))
+    for name, metrics in (("Wide & Deep", result.model), ("popularity", result.popularity)):
+        typer.echo(f"{name:<12}" + "".join(f"{metrics[key]:>14.4f}" for key in keys))
+    if "gauc" in result.model:
+        typer.echo(f"gAUC of the test impressions: {result.model['gauc']:.4f}")
 
 
 @app.command()
@@ -112,37 +182,158 @@ def predict(
 
 
 @app.command()
-def demo(
-    output: OutputDir = Path("runs/demo"),
-    compare: Annotated[
-        bool,
-        typer.Option(help="Also train wide-only and deep-only models and compare (Table 1)."),
+def recommend(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by train.")],
+    users: Annotated[Path, typer.Option(help="Users table: the user key and features.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write recommendations.")],
+    items: Annotated[
+        Path | None, typer.Option(help="Items table (default: the bundle's catalog).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", help="How many items per user.")] = 10,
+    exclude_seen: Annotated[
+        Path | None, typer.Option(help="Interactions whose (user, item) pairs to leave out.")
+    ] = None,
+    candidates: Annotated[
+        Path | None, typer.Option(help="A (user, item) table: rank only these per user.")
+    ] = None,
+    retrieval: Annotated[
+        str | None, typer.Option(help="Retrieval stage first: popular or cooccurrence.")
+    ] = None,
+    num_candidates: Annotated[int, typer.Option(help="Candidates per user from retrieval.")] = 200,
+    skip_unknown_items: Annotated[
+        bool, typer.Option(help="Skip candidate items not in the catalog (else an error).")
     ] = False,
 ) -> None:
-    """Train Wide & Deep on the bundled Adult census data and show held-out results.
+    """Write the top-K items for every user: rows of (user, rank, item, score).
+
+    Example: widedeep recommend runs/app/bundle --users users.parquet -k 10
+    --exclude-seen runs/app/interactions/train.parquet --output recs.parquet
+    """
+    from widedeep.bundle import load_bundle
+    from widedeep.errors import ConfigError
+    from widedeep.recommend import top_k
+    from widedeep.tables import write_table
+
+    if retrieval not in (None, "popular", "cooccurrence"):
+        raise ConfigError(f"--retrieval must be 'popular' or 'cooccurrence', got '{retrieval}'")
+    frame = top_k(
+        load_bundle(bundle),
+        users,
+        k=k,
+        items=items,
+        exclude_seen=exclude_seen,
+        candidates=candidates,
+        on_unknown_items="skip" if skip_unknown_items else "error",
+        retrieval=retrieval,  # type: ignore[arg-type]
+        num_candidates=num_candidates,
+    )
+    write_table(frame, output)
+    typer.echo(f"wrote {frame.height} recommendations to {output}")
+
+
+datasets = typer.Typer(help="Make or fetch data sets.", no_args_is_help=True)
+app.add_typer(datasets, name="datasets")
+
+
+@datasets.command("make")
+def datasets_make(
+    name: Annotated[str, typer.Argument(help="The data set to generate: appstore.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write.")],
+    users: Annotated[int, typer.Option(help="Number of users.")] = 10_000,
+    apps: Annotated[int, typer.Option(help="Number of apps.")] = 1_000,
+    impressions: Annotated[int, typer.Option(help="Number of impressions.")] = 300_000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+) -> None:
+    """Generate the synthetic app store: users, apps and install-labelled impressions.
+
+    Example: widedeep datasets make appstore --impressions 1000000 --output data/appstore
+    """
+    from widedeep.data.appstore import make_appstore
+    from widedeep.errors import ConfigError
+
+    if name != "appstore":
+        raise ConfigError(f"unknown data set '{name}'; this command makes: appstore")
+    files = make_appstore(output, users=users, apps=apps, impressions=impressions, seed=seed)
+    typer.echo(f"wrote {files.users}, {files.apps} and {files.impressions}")
+    typer.echo(f"install rate {files.positive_rate:.3f}")
+
+
+@datasets.command("fetch")
+def datasets_fetch(
+    name: Annotated[str, typer.Argument(help="movielens-100k, -1m, -20m or -25m.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to download into.")] = Path(
+        "data"
+    ),
+) -> None:
+    """Download a MovieLens archive from GroupLens and unpack it (needs internet).
+
+    Example: widedeep datasets fetch movielens-100k --output data
+    """
+    from widedeep.data.movielens import fetch_movielens
+
+    folder = fetch_movielens(name, output)
+    typer.echo(f"{name} is in {folder}")
+
+
+@app.command()
+def demo(
+    output: OutputDir = Path("runs/demo"),
+    task: Annotated[
+        str, typer.Option(help="census (Adult income) or recommend (the app store).")
+    ] = "census",
+    compare: Annotated[
+        bool,
+        typer.Option(help="census: also train wide-only and deep-only models (Table 1)."),
+    ] = False,
+) -> None:
+    """Train on bundled or generated data and show held-out results, offline.
 
     Example: widedeep demo --output runs/demo --compare
-    """
-    from widedeep.config import load_config
-    from widedeep.training.loop import train as run_training
-    from widedeep.training.loop import train_ablation
 
-    source = resources.files("widedeep") / "configs" / "adult.yaml"
-    with resources.as_file(source) as path:
-        run_config = load_config(path)
-    typer.echo("Training Wide & Deep on the UCI Adult census data (income > 50K)...")
-    if not compare:
-        _report_run(run_training(run_config, output))
+    Example: widedeep demo --task recommend --output runs/appstore
+    """
+    from widedeep.errors import ConfigError
+
+    if task == "recommend":
+        _appstore_demo(output)
         return
-    results = train_ablation(run_config, output)
+    if task != "census":
+        raise ConfigError(f"--task must be 'census' or 'recommend', got '{task}'")
+    from widedeep.demo import census_demo
+
+    typer.echo("Training Wide & Deep on the UCI Adult census data (income > 50K)...")
+    results = census_demo(output, compare=compare)
     _report_run(results["wide_deep"])
-    typer.echo("\nheld-out test split     AUC  logloss  accuracy")
+    if compare:
+        _print_ablation(results)
+
+
+def _print_ablation(results: dict[str, Any]) -> None:
+    typer.echo(f"\n{'held-out test split':<20}{'AUC':>9}{'logloss':>10}{'accuracy':>10}")
     for parts, result in results.items():
         metrics = result.test_metrics or {}
         typer.echo(
-            f"{parts:<20} {metrics['auc']:7.4f}  {metrics['logloss']:7.4f}  "
-            f"{metrics['accuracy']:8.4f}"
+            f"{parts:<20}{metrics['auc']:>9.4f}{metrics['logloss']:>10.4f}"
+            f"{metrics['accuracy']:>10.4f}"
         )
+
+
+def _appstore_demo(output: Path) -> None:
+    from widedeep.demo import appstore_demo
+
+    typer.echo("Generating the synthetic app store and training wide, deep and Wide & Deep...")
+    result = appstore_demo(output)
+    _report_run(result.runs["wide_deep"])
+    _print_ablation(result.runs)
+    typer.echo("")
+    _print_ranking(result.ranking)
+    model, baseline = result.ranking.model["ndcg@10"], result.ranking.popularity["ndcg@10"]
+    typer.echo(
+        f"NDCG@10: Wide & Deep {model:.4f} vs popularity {baseline:.4f} "
+        f"({(model / baseline - 1) * 100:+.0f}%)"
+    )
+    typer.echo("\ntop-5 recommendations:")
+    typer.echo(str(result.recommendations))
 
 
 def main() -> None:

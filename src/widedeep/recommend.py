@@ -20,12 +20,13 @@ from widedeep.bundle import Bundle
 from widedeep.data.tensors import TensorTable
 from widedeep.errors import ConfigError, SchemaError
 from widedeep.features.preprocessor import SideTable
-from widedeep.retrieval import item_positions
+from widedeep.retrieval import ItemCooccurrence, MostPopular, fill_with, item_positions
 from widedeep.tables import TableSource, describe_source, read_table
 
 log = logging.getLogger(__name__)
 
 UnknownItems = Literal["error", "skip"]
+Retrieval = Literal["popular", "cooccurrence"]
 
 
 @dataclass(frozen=True)
@@ -155,15 +156,19 @@ def top_k(
     exclude_seen: TableSource | None = None,
     candidates: TableSource | NDArray[np.int64] | None = None,
     on_unknown_items: UnknownItems = "error",
+    retrieval: Retrieval | None = None,
+    num_candidates: int = 200,
     pairs_per_chunk: int = 262_144,
 ) -> pl.DataFrame:
     """The ``k`` best items for every user of ``users``: rows (user, rank, item, score).
 
     Users are scored from their features, so users unseen in training get recommendations
     too (cold start). ``candidates`` limits each user's items (a (user, item) table or a
-    (U, N) matrix of catalog positions, -1 = none); by default every catalog item is a
-    candidate. ``exclude_seen`` removes the (user, item) pairs it lists. Ties keep catalog
-    order, so the output is deterministic.
+    (U, N) matrix of catalog positions, -1 = none); ``retrieval`` ('popular' or
+    'cooccurrence', from the bundle's training counts) picks ``num_candidates`` per user
+    instead; by default every catalog item is a candidate. ``exclude_seen`` removes the
+    (user, item) pairs it lists (and is the history co-occurrence starts from). Ties keep
+    catalog order, so the output is deterministic.
     """
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
@@ -196,6 +201,11 @@ def top_k(
         data.user_key,
         data.item_key,
     )
+    if retrieval is not None:
+        if matrix is not None:
+            raise ConfigError("give candidates or retrieval, not both")
+        history = pl.DataFrame({"row": seen_users, "item": seen_items})
+        matrix = retrieve(bundle, catalog, retrieval, history, n_users, num_candidates)
     width = n_items if matrix is None else matrix.shape[1]
     chunk = max(1, pairs_per_chunk // max(width, 1))
     rows_out, ranks_out, items_out, scores_out = [], [], [], []
@@ -239,6 +249,36 @@ def top_k(
             "score": np.concatenate(scores_out) if scores_out else np.zeros(0, np.float32),
         }
     )
+
+
+def retrieve(
+    bundle: Bundle,
+    catalog: Catalog,
+    retrieval: Retrieval,
+    history: pl.DataFrame,
+    n_users: int,
+    n: int,
+) -> NDArray[np.int64]:
+    """(U, n) candidates from the bundle's retrieval stage, leaving out each user's history."""
+    if n < 1:
+        raise ConfigError(f"num_candidates must be >= 1, got {n}")
+    stored = bundle.table("popularity")
+    if stored is None:
+        raise ConfigError("this bundle has no retrieval data (train it on interactions)")
+    popular = MostPopular.from_frame(stored, catalog.keys)
+    if retrieval == "popular":
+        empty = np.full((n_users, min(n, len(catalog))), -1, dtype=np.int64)
+        return fill_with(empty, popular.ranking(), history)
+    if retrieval == "cooccurrence":
+        pairs = bundle.table("cooccurrence")
+        assert pairs is not None
+        model = ItemCooccurrence.from_frame(pairs, popular, catalog.keys)
+        rows = model.candidates(history, min(n, len(catalog)))
+        if rows.shape[0] < n_users:  # users after the last one with a history
+            rows = np.vstack([rows, np.full((n_users - rows.shape[0], rows.shape[1]), -1)])
+            rows = fill_with(rows, popular.ranking(), history)
+        return rows
+    raise ConfigError(f"retrieval must be 'popular' or 'cooccurrence', got {retrieval!r}")
 
 
 def _seen(
