@@ -22,9 +22,8 @@ from numpy.typing import NDArray
 from widedeep.bundle import Bundle
 from widedeep.config import DataConfig
 from widedeep.errors import ConfigError, SchemaError
-from widedeep.features.preprocessor import SideTable
 from widedeep.ranking_metrics import gauc, ranking_report
-from widedeep.recommend import Catalog, load_catalog, score_pairs
+from widedeep.recommend import Catalog, PairScorer, load_catalog
 from widedeep.retrieval import MostPopular, item_positions
 from widedeep.tables import TableSource, describe_source, read_table
 
@@ -132,12 +131,12 @@ def evaluate_ranking(
         keep = (rows >= 0) & (cols >= 0)
         return rows[keep], cols[keep]
 
+    scorer = PairScorer(bundle, user_side, catalog)
     test_rows, test_cols = pairs_of(test_positives)
     train_rows, train_cols = pairs_of(train_positives)
     if protocol == "full":
         model, baseline = _full(
-            bundle,
-            user_side,
+            scorer,
             catalog,
             popular,
             test_rows,
@@ -150,8 +149,7 @@ def evaluate_ranking(
     else:
         latest = _latest_positive(test_positives, data.user_key, data.time_column)
         model, baseline = _sampled(
-            bundle,
-            user_side,
+            scorer,
             user_keys,
             catalog,
             popular,
@@ -167,13 +165,12 @@ def evaluate_ranking(
         )
     label = bundle.config.feature_schema.label
     if label is not None and label.column in test_frame.columns and protocol == "full":
-        model["gauc"] = _pointwise_gauc(bundle, test_frame, user_frame, user_side, catalog)
+        model["gauc"] = _pointwise_gauc(bundle, test_frame, user_frame, scorer, catalog)
     return RankingResult(protocol=protocol, k=k, model=model, popularity=baseline)
 
 
 def _full(
-    bundle: Bundle,
-    user_side: SideTable,
+    scorer: PairScorer,
     catalog: Catalog,
     popular: MostPopular,
     test_rows: NDArray[np.int64],
@@ -183,7 +180,7 @@ def _full(
     k: int,
     users_per_chunk: int | None,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    n_users = int(user_side.report.rows)
+    n_users = int(scorer.users.report.rows)
     n_items = len(catalog)
     chunk = users_per_chunk or max(1, 262_144 // max(n_items, 1))
     model_total: dict[str, float] = {}
@@ -201,9 +198,7 @@ def _full(
             continue
         user_rows = np.repeat(block, n_items)
         item_rows = np.tile(np.arange(n_items), len(block))
-        scores = score_pairs(bundle, user_side, user_rows, catalog, item_rows).reshape(
-            len(block), n_items
-        )
+        scores = scorer.score(user_rows, item_rows).reshape(len(block), n_items)
         _merge(model_total, ranking_report(scores, relevant, k, mask))
         baseline = np.broadcast_to(popularity_scores, (len(block), n_items))
         _merge(baseline_total, ranking_report(baseline, relevant, k, mask))
@@ -220,8 +215,7 @@ def _latest_positive(
 
 
 def _sampled(
-    bundle: Bundle,
-    user_side: SideTable,
+    scorer: PairScorer,
     user_keys: pl.Series,
     catalog: Catalog,
     popular: MostPopular,
@@ -263,12 +257,8 @@ def _sampled(
     mask = candidates >= 0
     flat = mask.reshape(-1)
     scores = np.full(candidates.shape, -np.inf)
-    scores.reshape(-1)[flat] = score_pairs(
-        bundle,
-        user_side,
-        np.repeat(rows, candidates.shape[1])[flat],
-        catalog,
-        candidates.reshape(-1)[flat],
+    scores.reshape(-1)[flat] = scorer.score(
+        np.repeat(rows, candidates.shape[1])[flat], candidates.reshape(-1)[flat]
     )
     baseline = popular.counts[np.maximum(candidates, 0)].astype(np.float64)
     return ranking_report(scores, relevant, k, mask), ranking_report(baseline, relevant, k, mask)
@@ -278,7 +268,7 @@ def _pointwise_gauc(
     bundle: Bundle,
     test_frame: pl.DataFrame,
     user_frame: pl.DataFrame,
-    user_side: SideTable,
+    scorer: PairScorer,
     catalog: Catalog,
 ) -> float:
     """Per-user AUC of the test impressions themselves, averaged over users with both labels."""
@@ -293,7 +283,7 @@ def _pointwise_gauc(
     if not keep.any():
         return float("nan")
     labels = bundle.preprocessor.encode_labels(test_frame)[keep]
-    scores = score_pairs(bundle, user_side, rows[keep], catalog, cols[keep])
+    scores = scorer.score(rows[keep], cols[keep])
     try:
         return gauc(rows[keep], labels, scores)
     except ConfigError:

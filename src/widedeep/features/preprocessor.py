@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -192,12 +192,18 @@ class Preprocessor:
             raise SchemaError(f"{where}: the table is empty (0 rows)")
         return self._encode_side(frame, where, names)
 
-    def encode_pairs(self, sides: Sequence[tuple[SideTable, NDArray[np.int64]]]) -> EncodedTable:
+    def encode_pairs(
+        self,
+        sides: Sequence[tuple[SideTable, NDArray[np.int64]]],
+        fields: Collection[str] | None = None,
+    ) -> EncodedTable:
         """Model inputs for rows that pair one row of each side: ``[(side, rows), ...]``.
 
         Each feature comes from the side that encoded it; a feature on no side (a context
         column absent at scoring time) is encoded as missing. Crosses between features of
-        different sides (installed apps x candidate app) are hashed per pair here.
+        different sides (installed apps x candidate app) are hashed per pair here. With
+        ``fields``, only those layout fields are encoded; the others are zero placeholders
+        (for scoring that adds per-side shares computed once, see ``WideDeep.partial``).
         """
         n = len(sides[0][1])
         owner: dict[str, tuple[SideTable, NDArray[np.int64] | None]] = {}
@@ -212,7 +218,23 @@ class Preprocessor:
             zeros = np.zeros(n, dtype=np.int64)
             for name in missing:
                 owner[name] = (empty, zeros)
-        return self._assemble(lambda name: owner[name], n)
+        return self._assemble(lambda name: owner[name], n, fields)
+
+    def owners(self, sides: Sequence[SideTable]) -> dict[str, int | None]:
+        """For each layout field, the index of the one side that determines it, else None
+        (a cross of features from several sides, or a feature on no side)."""
+        owner_of: dict[str, int] = {}
+        for index, side in enumerate(sides):
+            for name in side.names:
+                owner_of.setdefault(name, index)
+        out: dict[str, int | None] = {}
+        layout = self.layout
+        for name in [*(f.name for f in layout.fields), *layout.dense]:
+            feature = self.schema.feature(name)
+            parts = feature.features if isinstance(feature, CrossFeature) else (name,)
+            found = {owner_of.get(part) for part in parts}
+            out[name] = found.pop() if len(found) == 1 else None
+        return out
 
     def _base_features(self) -> list[Feature]:
         """The non-cross features that feed a part or a cross (what a table must supply)."""
@@ -264,6 +286,7 @@ class Preprocessor:
         self,
         source_of: Callable[[str], tuple[SideTable, NDArray[np.int64] | None]],
         n: int,
+        fields: Collection[str] | None = None,
     ) -> EncodedTable:
         """Stack features in layout order, gathering each from its side's rows."""
         layout = self.layout
@@ -281,6 +304,8 @@ class Preprocessor:
             return _Tokens(found.hashes[rows], found.valid[rows])
 
         def column(name: str) -> IdArray:
+            if fields is not None and name not in fields:
+                return np.zeros(n, dtype=np.int64)  # a placeholder, never read
             feature = self.schema.feature(name)
             if isinstance(feature, CrossFeature):
                 return _encode_cross(feature, tokens, self.schema)
@@ -291,9 +316,15 @@ class Preprocessor:
             if layout.single
             else np.zeros((n, 0), dtype=np.int64)
         )
-        multi = tuple(np.ascontiguousarray(column(f.name)) for f in layout.multi)
+        multi = tuple(np.ascontiguousarray(column(f.name)).reshape(n, -1) for f in layout.multi)
         dense = (
-            np.stack([value(name) for name in layout.dense], axis=1).astype(np.float32)
+            np.stack(
+                [
+                    value(name) if fields is None or name in fields else np.zeros(n)
+                    for name in layout.dense
+                ],
+                axis=1,
+            ).astype(np.float32)
             if layout.dense
             else np.zeros((n, 0), dtype=np.float32)
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Literal
 
 import torch
@@ -76,7 +76,7 @@ class Deep(nn.Module):
         single_columns: Sequence[int],
         multi: Sequence[SparseField] = (),
         multi_positions: Sequence[int] = (),
-        dense_dim: int = 0,
+        dense_names: Sequence[str] = (),
         hidden_units: Sequence[int] = (256, 128),
         activation: str = "relu",
         dropout: float = 0.0,
@@ -102,33 +102,99 @@ class Deep(nn.Module):
         self.multi_embeddings = nn.ModuleList(multi_tables)
         self.multi_positions = list(multi_positions)
         self.multi_mean = [f.pooling == "mean" for f in multi]
-        self.dense_dim = dense_dim
-        input_dim = sum(f.embedding_dim for f in (*single, *multi)) + dense_dim
+        self.dense_dim = len(dense_names)
+        # Where each field's block sits in the MLP input: the first layer is linear in it, so
+        # a block's share of the first pre-activation can be computed on its own (``partial``).
+        self.blocks: dict[str, slice] = {}
+        start = 0
+        for field in (*single, *multi):
+            self.blocks[field.name] = slice(start, start + field.embedding_dim)
+            start += field.embedding_dim
+        for name in dense_names:
+            self.blocks[name] = slice(start, start + 1)
+            start += 1
+        self.single_names = [f.name for f in single]
+        self.multi_names = [f.name for f in multi]
+        self.dense_names = list(dense_names)
+        input_dim = start
         if input_dim == 0:
             raise ConfigError("the deep part has no input: give it sparse or dense features")
         self.mlp = MLP(input_dim, hidden_units, activation, dropout, batch_norm, dropout_placement)
         self.head = nn.Linear(self.mlp.output_dim, 1)
 
-    def forward(
-        self, ids: Tensor, multi_ids: Sequence[Tensor] = (), dense: Tensor | None = None
-    ) -> Tensor:
-        """Encoded inputs -> (B,) deep logits."""
-        parts = [
-            table(ids[:, column])
-            for table, column in zip(self.embeddings, self.single_columns, strict=True)
+    def _blocks(
+        self,
+        ids: Tensor,
+        multi_ids: Sequence[Tensor],
+        dense: Tensor | None,
+        names: Collection[str] | None = None,
+    ) -> list[tuple[str, Tensor]]:
+        """Each field's input block (B, D_f), in MLP-input order; only ``names`` if given."""
+        blocks = [
+            (name, table(ids[:, column]))
+            for name, table, column in zip(
+                self.single_names, self.embeddings, self.single_columns, strict=True
+            )
+            if names is None or name in names
         ]
-        for table, position, mean in zip(
-            self.multi_embeddings, self.multi_positions, self.multi_mean, strict=True
+        for name, table, position, mean in zip(
+            self.multi_names,
+            self.multi_embeddings,
+            self.multi_positions,
+            self.multi_mean,
+            strict=True,
         ):
+            if names is not None and name not in names:
+                continue
             values = multi_ids[position]  # (B, L)
             pooled = table(values).sum(dim=1)  # padding rows are zero vectors
             if mean:
                 count = (values != 0).sum(dim=1, keepdim=True).clamp(min=1)
                 pooled = pooled / count
-            parts.append(pooled)
-        if self.dense_dim:
+            blocks.append((name, pooled))
+        if self.dense_dim and (names is None or any(n in names for n in self.dense_names)):
             if dense is None:
                 raise ConfigError(f"the deep part expects {self.dense_dim} dense columns, got none")
-            parts.append(dense)
-        x = torch.cat(parts, dim=1)  # (B, sum D_f + D)
-        return self.head(self.mlp(x)).squeeze(-1)
+            blocks += [
+                (name, dense[:, i : i + 1])
+                for i, name in enumerate(self.dense_names)
+                if names is None or name in names
+            ]
+        return blocks
+
+    def forward(
+        self, ids: Tensor, multi_ids: Sequence[Tensor] = (), dense: Tensor | None = None
+    ) -> Tensor:
+        """Encoded inputs -> (B,) deep logits."""
+        x = torch.cat([block for _, block in self._blocks(ids, multi_ids, dense)], dim=1)
+        return self.head(self.mlp(x)).squeeze(-1)  # x: (B, sum D_f + D)
+
+    @property
+    def first_layer(self) -> nn.Linear:
+        """The linear layer that reads the concatenated input."""
+        return self.mlp.layers[0] if len(self.mlp.layers) else self.head  # type: ignore[return-value]
+
+    def partial(
+        self,
+        ids: Tensor,
+        multi_ids: Sequence[Tensor],
+        dense: Tensor | None,
+        names: Collection[str],
+    ) -> Tensor:
+        """The share of ``names``' blocks in the first pre-activation (B, H), without bias.
+
+        Shares of disjoint field sets add up; ``finish`` turns their sum into the logit.
+        """
+        weight = self.first_layer.weight  # (H, input_dim)
+        out = ids.new_zeros((ids.shape[0], weight.shape[0]), dtype=weight.dtype)
+        for name, block in self._blocks(ids, multi_ids, dense, names):
+            out = out + block @ weight[:, self.blocks[name]].T
+        return out
+
+    def finish(self, pre: Tensor) -> Tensor:
+        """(B, H) summed shares of every field -> (B,) deep logit."""
+        first = self.first_layer
+        x = pre + first.bias if first.bias is not None else pre
+        if first is self.head:
+            return x.squeeze(-1)
+        return self.head(self.mlp.layers[1:](x)).squeeze(-1)

@@ -6,7 +6,7 @@ linear model (the notebook's ``Linear`` layer); a multi-valued field adds one we
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,9 +47,28 @@ class Wide(nn.Module):
         self.register_buffer("single_offsets", torch.tensor(single_offsets, dtype=torch.long))
         self.multi_positions = list(multi_positions)
         self.multi_offsets = multi_offsets
+        self.single_names = [f.name for f in single]
+        self.multi_names = [f.name for f in multi]
         self.weight = nn.Embedding(max(total, 1), 1, sparse=sparse)
         nn.init.zeros_(self.weight.weight)
         self.bias = nn.Parameter(torch.zeros(1)) if bias else None
+
+    def partial(self, ids: Tensor, multi_ids: Sequence[Tensor], names: Collection[str]) -> Tensor:
+        """The summed weights of the fields in ``names`` only (B,), without the bias."""
+        logits = ids.new_zeros(ids.shape[0], dtype=self.weight.weight.dtype)
+        chosen = [i for i, name in enumerate(self.single_names) if name in names]
+        if chosen:
+            columns = self.single_columns[chosen]
+            rows = ids.index_select(1, columns) + self.single_offsets[chosen]
+            logits = logits + self.weight(rows).sum(dim=(1, 2))
+        for name, position, offset in zip(
+            self.multi_names, self.multi_positions, self.multi_offsets, strict=True
+        ):
+            if name in names:
+                values = multi_ids[position]
+                weights = self.weight(values + offset).squeeze(-1) * (values != 0)
+                logits = logits + weights.sum(dim=1)
+        return logits
 
     def forward(self, ids: Tensor, multi_ids: Sequence[Tensor] = ()) -> Tensor:
         """(B, F) ids and (B, L) multi-valued ids -> (B,) wide logits."""

@@ -12,7 +12,7 @@ and ``WideDeep.from_layout`` builds the schema-driven model that training uses.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -116,7 +116,7 @@ class WideDeep(nn.Module):
                 deep_single,
                 [multi[i] for i in deep_multi],
                 deep_multi,
-                dense_dim=len(layout.dense),
+                dense_names=layout.dense,
                 hidden_units=hidden_units,
                 activation=activation,
                 dropout=dnn_dropout,
@@ -137,6 +137,38 @@ class WideDeep(nn.Module):
         if self.combine == "mean" and self.wide is not None and self.deep is not None:
             return 0.5 * wide, 0.5 * deep
         return wide, deep
+
+    def partial(self, batch: Batch, names: Collection[str]) -> tuple[Tensor, Tensor | None]:
+        """The wide sum (B,) and deep first-layer share (B, H) of the fields ``names`` only.
+
+        The model is additive in its fields up to the deep part's first activation, so shares
+        of disjoint field sets (a user's, an item's, a pair's) can be computed apart, reused
+        across pairs, added, and turned into the joint logit by ``finish``.
+        """
+        wide = (
+            self.wide.partial(batch.ids, batch.multi_ids, names)
+            if self.wide is not None
+            else batch.ids.new_zeros(len(batch), dtype=torch.float32)
+        )
+        deep = (
+            self.deep.partial(batch.ids, batch.multi_ids, batch.dense, names)
+            if self.deep is not None
+            else None
+        )
+        return wide, deep
+
+    def finish(self, wide: Tensor, deep: Tensor | None) -> Tensor:
+        """Summed shares of every field (see ``partial``) -> the joint logit (B,)."""
+        if self.wide is not None and self.wide.bias is not None:
+            wide = wide + self.wide.bias
+        if self.deep is None or deep is None:
+            return wide
+        deep_logit = self.deep.finish(deep)
+        if self.wide is None:
+            return deep_logit
+        if self.combine == "mean":
+            return 0.5 * wide + 0.5 * deep_logit
+        return wide + deep_logit
 
     def logits(self, inputs: Batch | Tensor) -> Tensor:
         """The joint logit (B,) (or the regression output)."""
