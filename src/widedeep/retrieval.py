@@ -168,7 +168,7 @@ def fill_with(
     """Fill each row's -1 slots with the first items of ``ranking`` not already in the row
     or the user's history."""
     out = candidates.copy()
-    users, n = out.shape
+    users = out.shape[0]
     own = np.zeros((users, len(ranking)), dtype=bool) if users else np.zeros((0, 0), bool)
     if histories.height:
         own[histories.get_column("row").to_numpy(), histories.get_column("item").to_numpy()] = True
@@ -176,6 +176,7 @@ def fill_with(
         present = out[row][out[row] >= 0]
         taken = own[row].copy()
         taken[present] = True
-        extra = ranking[~taken[ranking]][: n - len(present)]
-        out[row, len(present) : len(present) + len(extra)] = extra
+        slots = np.flatnonzero(out[row] < 0)
+        extra = ranking[~taken[ranking]][: len(slots)]
+        out[row, slots[: len(extra)]] = extra
     return out

@@ -214,6 +214,8 @@ def _ids(prefix: str, numbers: NDArray[np.integer], width: int) -> NDArray[np.st
 def _has_installed(
     world: _World, users: NDArray[np.int64], apps: NDArray[np.int64], n_apps: int
 ) -> NDArray[np.bool_]:
+    if not len(world.installed_keys):
+        return np.zeros(len(users), dtype=bool)
     keys = users * n_apps + apps
     positions = np.searchsorted(world.installed_keys, keys)
     positions = np.minimum(positions, len(world.installed_keys) - 1)
@@ -248,9 +250,11 @@ def _impression_chunk(
     pick = world.installed_offsets[user[companion]] + (
         rng.random(int(companion.sum())) * np.maximum(counts, 1)
     ).astype(np.int64)
-    source = np.where(
-        counts > 0, world.installed_apps[np.minimum(pick, len(world.installed_apps) - 1)], -1
-    )
+    if len(world.installed_apps):
+        last = len(world.installed_apps) - 1
+        source = np.where(counts > 0, world.installed_apps[np.minimum(pick, last)], -1)
+    else:  # nobody has an app yet: no companion to show
+        source = np.full(len(counts), -1, dtype=np.int64)
     target = np.where(source >= 0, world.target_of[np.maximum(source, 0)], -1)
     fallback = rng.integers(0, n_apps, len(target))
     app[companion] = np.where(target >= 0, target, fallback)

@@ -71,7 +71,7 @@ class RecTables:
                     f"keyed by '{key}'; keep each feature in one table"
                 )
             keyed = table.with_columns(pl.col(key).cast(frame.schema[key]))
-            frame = frame.join(keyed, on=key, how="left")
+            frame = frame.join(keyed, on=key, how="left", maintain_order="left")
         return frame
 
 
@@ -104,17 +104,20 @@ def sample_negatives(
         raise ConfigError(f"negative sampling ratio must be >= 1, got {ratio}")
     catalog = catalog.unique(maintain_order=True)
     n_items = catalog.len()
-    known = positives if known_positives is None else known_positives
-    user_catalog = pl.concat([known.get_column(user_key), positives.get_column(user_key)]).unique(
-        maintain_order=True
-    )
-    known_keys = np.unique(
-        _codes(known.get_column(user_key), user_catalog) * n_items
-        + _codes(known.get_column(item_key), catalog)
-    )
+    known = positives.select(user_key, item_key)
+    if known_positives is not None:  # a row's own positive always counts as known
+        known = pl.concat(
+            [known, known_positives.select(user_key, item_key)], how="vertical_relaxed"
+        )
+    user_catalog = known.get_column(user_key).unique(maintain_order=True)
+    known_users = _codes(known.get_column(user_key), user_catalog)
+    known_items = _codes(known.get_column(item_key), catalog)
+    in_catalog = known_items >= 0  # an item outside the catalog can never be drawn anyway
+    known_keys = np.unique(known_users[in_catalog] * n_items + known_items[in_catalog])
     if strategy == "popularity":
         counted = (popularity if popularity is not None else positives).get_column(item_key)
-        counts = np.bincount(np.maximum(_codes(counted, catalog), 0), minlength=n_items)
+        codes = _codes(counted, catalog)
+        counts = np.bincount(codes[codes >= 0], minlength=n_items)
         weights = counts + 1.0  # every item stays possible
         probabilities = weights / weights.sum()
     elif strategy == "uniform":
@@ -139,11 +142,37 @@ def sample_negatives(
         pending = pending[rejected]
         if not len(pending):
             break
-    kept = items >= 0  # users who have seen (nearly) every item can run out of negatives
+    if len(pending):  # users with few free items left: draw from exactly those
+        _draw_from_free_items(items, pending, users, known_keys, n_items, probabilities, rng)
+    kept = items >= 0  # only a user with no free item at all gets fewer negatives
     negatives = positives[source_rows[kept]].with_columns(
         pl.Series(item_key, catalog.gather(items[kept])).cast(positives.schema[item_key])
     )
     return negatives
+
+
+def _draw_from_free_items(
+    items: NDArray[np.int64],
+    pending: NDArray[np.int64],
+    users: NDArray[np.int64],
+    known_keys: NDArray[np.int64],
+    n_items: int,
+    probabilities: NDArray[np.float64] | None,
+    rng: np.random.Generator,
+) -> None:
+    """Fill ``items[pending]`` from each user's free items (catalog minus known), in place."""
+    all_items = np.arange(n_items)
+    for user in np.unique(users[pending]):  # only the few users rejection sampling left
+        rows = pending[users[pending] == user]
+        keys = user * n_items + all_items
+        at = np.minimum(np.searchsorted(known_keys, keys), max(len(known_keys) - 1, 0))
+        free = all_items[known_keys[at] != keys] if len(known_keys) else all_items
+        if not len(free):
+            continue
+        weights = None
+        if probabilities is not None:
+            weights = probabilities[free] / probabilities[free].sum()
+        items[rows] = rng.choice(free, len(rows), p=weights)
 
 
 def with_sampled_negatives(

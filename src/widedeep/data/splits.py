@@ -104,6 +104,8 @@ def split_table(
     last_n: int | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(train, validation, test) by one of SPLIT_KINDS."""
+    if kind not in SPLIT_KINDS:
+        raise ConfigError(f"unknown split '{kind}', expected one of {SPLIT_KINDS}")
     if kind == "random":
         return random_split(frame, validation_fraction, test_fraction, seed)
     if time_column is None:
