@@ -50,7 +50,7 @@ def build_bundle(folder: Path, users: int, items: int) -> tuple[Path, Path, Path
     return result.bundle_dir, files.users, files.apps
 
 
-def timed(function, repeats: int) -> float:  # noqa: ANN001
+def timed(function, repeats: int) -> float:
     """Median wall time of ``repeats`` calls."""
     times = []
     for _ in range(repeats):
@@ -105,8 +105,10 @@ def main() -> None:
 
         naive = timed(joined, args.repeats) * args.users / args.joined_users
 
-    print(f"scoring {args.users:,} users x {args.items:,} items = {pairs:,} pairs, k={args.k}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    print(
+        f"scoring {args.users:,} users x {args.items:,} items = {pairs:,} pairs, k={args.k}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}"
+    )
     print(f"{'path':<14}{'seconds':>10}{'pairs/s':>14}{'vs top_k':>10}")
     for name, seconds in (("top_k", library), ("model only", floor), ("joined", naive)):
         print(f"{name:<14}{seconds:>10.1f}{pairs / seconds:>14,.0f}{seconds / library:>10.2f}x")
