@@ -23,9 +23,9 @@ from widedeep.bundle import Bundle
 from widedeep.config import DataConfig
 from widedeep.errors import ConfigError, SchemaError
 from widedeep.ranking_metrics import gauc, ranking_report
-from widedeep.recommend import Catalog, PairScorer, load_catalog
+from widedeep.recommend import Catalog, PairScorer, encode_users, load_catalog
 from widedeep.retrieval import MostPopular, item_positions
-from widedeep.tables import TableSource, describe_source, read_table
+from widedeep.tables import TableSource, describe_source
 
 Protocol = Literal["full", "sampled"]
 
@@ -93,11 +93,14 @@ def evaluate_ranking(
     """
     if protocol not in ("full", "sampled"):
         raise ConfigError(f"protocol must be 'full' or 'sampled', got {protocol!r}")
+    if protocol == "sampled" and negatives < 1:
+        raise ConfigError(f"the sampled protocol needs negatives >= 1, got {negatives}")
     data = bundle.config.data
     catalog = load_catalog(bundle, items)
-    test_frame = read_table(test)
+    keys = [data.user_key, data.item_key]
+    test_frame = bundle.preprocessor.read(test, keys=keys)
     test_positives = positive_rows(bundle, test_frame)
-    user_frame = read_table(users)
+    user_frame = bundle.preprocessor.read(users, keys=keys)
     if data.user_key not in user_frame.columns:
         raise SchemaError(
             f"{describe_source(users)}: the users table has no column '{data.user_key}'"
@@ -106,12 +109,9 @@ def evaluate_ranking(
     user_frame = user_frame.filter(pl.col(data.user_key).cast(pl.String).is_in(evaluated.to_list()))
     if user_frame.height == 0:
         raise ConfigError("none of the test users is in the users table")
-    user_keys = user_frame.get_column(data.user_key).cast(pl.String)
-    user_side = bundle.preprocessor.encode_side(
-        user_frame, [c for c in user_frame.columns if c != data.item_key]
-    )
+    user_keys, user_side = encode_users(bundle, user_frame, catalog)
     if train is not None:
-        train_frame = read_table(train)
+        train_frame = bundle.preprocessor.read(train, keys=keys)
         train_positives = positive_rows(bundle, train_frame)
         popular = MostPopular.fit(train_positives, data.item_key, catalog.keys)
     else:
@@ -147,7 +147,16 @@ def evaluate_ranking(
             users_per_chunk,
         )
     else:
-        latest = _latest_positive(test_positives, data.user_key, data.time_column)
+        # As in the full protocol, a test positive the user already had in training is no
+        # held-out item: rank each user's latest *new* positive.
+        fresh = test_positives
+        if train_positives is not None:
+            fresh = test_positives.join(
+                train_positives.select(data.user_key, data.item_key).unique(),
+                on=[data.user_key, data.item_key],
+                how="anti",
+            )
+        latest = _latest_positive(fresh, data.user_key, data.time_column)
         model, baseline = _sampled(
             scorer,
             user_keys,

@@ -36,6 +36,7 @@ class Catalog:
 
     keys: pl.Series
     side: SideTable
+    columns: tuple[str, ...]
 
     def __len__(self) -> int:
         return self.keys.len()
@@ -60,7 +61,8 @@ def load_catalog(bundle: Bundle, items: TableSource | None = None) -> Catalog:
             raise ConfigError("this bundle stores no item catalog; give an items table (--items)")
         where = "the bundle's items table"
     else:
-        frame, where = read_table(items), describe_source(items)
+        frame = bundle.preprocessor.read(items, keys=[key])
+        where = describe_source(items)
     keys = _key_column(frame, key, "items", where)
     if keys.is_duplicated().any():
         row = int(keys.is_duplicated().arg_true()[0])
@@ -68,7 +70,19 @@ def load_catalog(bundle: Bundle, items: TableSource | None = None) -> Catalog:
     side = bundle.preprocessor.encode_side(
         frame, [c for c in frame.columns if c != bundle.config.data.user_key]
     )
-    return Catalog(keys=keys.cast(pl.String), side=side)
+    return Catalog(keys=keys.cast(pl.String), side=side, columns=tuple(frame.columns))
+
+
+def encode_users(
+    bundle: Bundle, users: TableSource, catalog: Catalog
+) -> tuple[pl.Series, SideTable]:
+    """The user keys and user side of ``users``; columns that the catalog holds are item
+    features, so they are left out rather than overriding every item's value."""
+    key = bundle.config.data.user_key
+    frame = bundle.preprocessor.read(users, keys=[key])
+    keys = _key_column(frame, key, "users", describe_source(users)).cast(pl.String)
+    columns = [c for c in frame.columns if c not in catalog.columns]
+    return keys, bundle.preprocessor.encode_side(frame, columns)
 
 
 def seen_mask_rows(
@@ -99,6 +113,9 @@ def candidate_matrix(
     on_unknown: UnknownItems,
 ) -> NDArray[np.int64]:
     """(U, N) catalog positions from a (user, item) candidates table, padded with -1."""
+    for key in (user_key, item_key):
+        if key not in candidates.columns:
+            raise SchemaError(f"the candidates table has no column '{key}'")
     users = item_positions(candidates.get_column(user_key), user_keys)
     items = item_positions(candidates.get_column(item_key), catalog.keys)
     unknown = items < 0
@@ -241,13 +258,8 @@ def top_k(
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
     data = bundle.config.data
-    user_frame = read_table(users)
-    where = describe_source(users)
-    user_keys = _key_column(user_frame, data.user_key, "users", where).cast(pl.String)
-    user_side = bundle.preprocessor.encode_side(
-        user_frame, [c for c in user_frame.columns if c != data.item_key]
-    )
     catalog = load_catalog(bundle, items)
+    user_keys, user_side = encode_users(bundle, users, catalog)
     n_users, n_items = user_keys.len(), len(catalog)
     if isinstance(candidates, np.ndarray):
         matrix: NDArray[np.int64] | None = candidates.astype(np.int64)
@@ -262,17 +274,19 @@ def top_k(
         )
     else:
         matrix = None
-    seen_users, seen_items = seen_mask_rows(
-        read_table(exclude_seen) if exclude_seen is not None else None,
-        user_keys,
-        catalog,
-        data.user_key,
-        data.item_key,
-    )
+    seen = read_table(exclude_seen) if exclude_seen is not None else None
+    seen_users, seen_items = seen_mask_rows(seen, user_keys, catalog, data.user_key, data.item_key)
     if retrieval is not None:
         if matrix is not None:
             raise ConfigError("give candidates or retrieval, not both")
-        history = pl.DataFrame({"row": seen_users, "item": seen_items})
+        # Co-occurrence was fitted on positives: a user's history is their positive rows.
+        label = bundle.config.feature_schema.label
+        if seen is not None and label is not None and label.column in seen.columns:
+            seen = seen.filter(pl.Series(bundle.preprocessor.encode_labels(seen) > 0.5))
+        history_users, history_items = seen_mask_rows(
+            seen, user_keys, catalog, data.user_key, data.item_key
+        )
+        history = pl.DataFrame({"row": history_users, "item": history_items})
         matrix = retrieve(bundle, catalog, retrieval, history, n_users, num_candidates)
     scorer = PairScorer(bundle, user_side, catalog)
     width = n_items if matrix is None else matrix.shape[1]

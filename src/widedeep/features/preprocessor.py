@@ -145,14 +145,14 @@ class Preprocessor:
         self._check_fitted()
         return self._transform_frame(self.read(source), describe_source(source), with_labels)
 
-    def read(self, source: TableSource) -> pl.DataFrame:
-        """Read ``source``; from CSV, id columns stay text (so '01234' keeps its zero)."""
+    def read(self, source: TableSource, keys: Sequence[str] = ()) -> pl.DataFrame:
+        """Read ``source``; from CSV, id columns (and ``keys``) stay text ('01234' keeps its 0)."""
         text_columns = [
             f.source_column
             for f in self.schema.features
             if isinstance(f, CategoricalFeature | HashedFeature | MultiCategoricalFeature)
         ]
-        return read_table(source, text_columns=text_columns)
+        return read_table(source, text_columns=[*text_columns, *keys])
 
     def _transform_frame(
         self, frame: pl.DataFrame, where: str, with_labels: bool | None
