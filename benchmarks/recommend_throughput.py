@@ -28,7 +28,7 @@ from widedeep.bundle import load_bundle
 from widedeep.data.appstore import make_appstore
 from widedeep.data.interactions import RecTables
 from widedeep.data.tensors import TensorTable
-from widedeep.demo import packaged_config
+from widedeep.demo import appstore_config
 from widedeep.recommend import load_catalog, top_k
 from widedeep.training.loop import train
 
@@ -36,17 +36,9 @@ from widedeep.training.loop import train
 def build_bundle(folder: Path, users: int, items: int) -> tuple[Path, Path, Path]:
     """A real bundle trained for one epoch on a small app store with ``items`` apps."""
     files = make_appstore(folder / "data", users=users, apps=items, impressions=50_000, seed=0)
-    config = packaged_config("appstore")
-    data = config.data.model_copy(
-        update={
-            "builtin": None,
-            "train": str(files.impressions),
-            "users": str(files.users),
-            "items": str(files.apps),
-        }
-    )
+    config = appstore_config(files)
     training = config.train.model_copy(update={"epochs": 1, "progress": False})
-    config = config.model_copy(update={"data": data, "train": training})
+    config = config.model_copy(update={"train": training})
     result = train(config, folder / "run")
     return result.bundle_dir, files.users, files.apps
 

@@ -21,12 +21,11 @@ from fixtures_train import one_thread
 from widedeep.bundle import Bundle, load_bundle
 from widedeep.config import RunConfig
 from widedeep.data.appstore import make_appstore
-from widedeep.data.interactions import RecTables
+from widedeep.data.interactions import RecTables, key_positions
 from widedeep.demo import packaged_config
 from widedeep.errors import ConfigError, SchemaError
 from widedeep.features.schema import PADDING_ID
 from widedeep.recommend import load_catalog, retrieve, score_pairs, top_k
-from widedeep.retrieval import item_positions
 from widedeep.training.loop import TrainResult, train
 
 USER, ITEM, LABEL = "user_id", "app_id", "installed"
@@ -151,8 +150,8 @@ def joined_and_pair_scores(rec: RecRun) -> tuple[np.ndarray, np.ndarray]:
     expected = rec.bundle.predict(joined)
     catalog = load_catalog(rec.bundle)
     user_side = rec.bundle.preprocessor.encode_side(users)
-    user_rows = item_positions(joined[USER], users[USER])
-    item_rows = item_positions(joined[ITEM], catalog.keys)
+    user_rows = key_positions(joined[USER], users[USER])
+    item_rows = key_positions(joined[ITEM], catalog.keys)
     assert (user_rows >= 0).all() and (item_rows >= 0).all()
     scores = score_pairs(rec.bundle, user_side, user_rows, catalog, item_rows)
     assert scores.dtype == expected.dtype == np.float32
@@ -172,8 +171,8 @@ def test_pair_encoding_equals_transform_including_the_multi_valued_cross(rec: Re
     catalog = load_catalog(rec.bundle)
     pair = preprocessor.encode_pairs(
         [
-            (preprocessor.encode_side(users), item_positions(joined[USER], users[USER])),
-            (catalog.side, item_positions(joined[ITEM], catalog.keys)),
+            (preprocessor.encode_side(users), key_positions(joined[USER], users[USER])),
+            (catalog.side, key_positions(joined[ITEM], catalog.keys)),
         ]
     )
     multi = [f.name for f in preprocessor.layout.multi]
@@ -363,8 +362,8 @@ def test_cooccurrence_retrieval_returns_retrieved_unseen_items(rec: RecRun) -> N
     catalog = load_catalog(rec.bundle)
     history = pl.DataFrame(
         {
-            "row": item_positions(seen[USER], users[USER]),
-            "item": item_positions(seen[ITEM], catalog.keys),
+            "row": key_positions(seen[USER], users[USER]),
+            "item": key_positions(seen[ITEM], catalog.keys),
         }
     )
     matrix = retrieve(rec.bundle, catalog, "cooccurrence", history, users.height, 10)

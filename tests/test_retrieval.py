@@ -7,8 +7,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from widedeep.data.interactions import key_positions
 from widedeep.errors import ConfigError
-from widedeep.retrieval import ItemCooccurrence, MostPopular, fill_with, item_positions
+from widedeep.retrieval import ItemCooccurrence, MostPopular, fill_with
 
 CATALOG = pl.Series("item_id", ["A", "B", "C", "D", "E"])  # positions 0..4
 
@@ -40,11 +41,11 @@ def _neighbours(model: ItemCooccurrence, item: int) -> list[tuple[int, int]]:
     )
 
 
-def test_item_positions_maps_values_to_catalog_positions() -> None:
+def test_key_positions_maps_values_to_catalog_positions() -> None:
     values = pl.Series(["C", "A", "Z", "E"])
-    assert item_positions(values, CATALOG).tolist() == [2, 0, -1, 4]
+    assert key_positions(values, CATALOG).tolist() == [2, 0, -1, 4]
     numbers = pl.Series([30, 10, 99])
-    assert item_positions(numbers, pl.Series([10, 20, 30])).tolist() == [2, 0, -1]
+    assert key_positions(numbers, pl.Series([10, 20, 30])).tolist() == [2, 0, -1]
 
 
 # --- MostPopular ---------------------------------------------------------------------------

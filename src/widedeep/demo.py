@@ -10,7 +10,7 @@ import polars as pl
 
 from widedeep.bundle import load_bundle
 from widedeep.config import RunConfig, load_config
-from widedeep.data.appstore import make_appstore
+from widedeep.data.appstore import AppStoreFiles, make_appstore
 from widedeep.ranking import RankingResult, evaluate_ranking
 from widedeep.recommend import top_k
 from widedeep.training.loop import TrainResult, train, train_ablation
@@ -31,6 +31,20 @@ def census_demo(output: str | Path, compare: bool = False) -> dict[str, TrainRes
     return {"wide_deep": train(config, output)}
 
 
+def appstore_config(files: AppStoreFiles) -> RunConfig:
+    """The packaged app-store config, reading the generated ``files`` instead of the builtin."""
+    config = packaged_config("appstore")
+    data = config.data.model_copy(
+        update={
+            "builtin": None,
+            "train": str(files.impressions),
+            "users": str(files.users),
+            "items": str(files.apps),
+        }
+    )
+    return config.model_copy(update={"data": data})
+
+
 @dataclass(frozen=True)
 class AppStoreDemo:
     """The ablation runs, the ranking evaluation and a few users' recommendations."""
@@ -44,16 +58,9 @@ def appstore_demo(output: str | Path, users_to_show: int = 2, k: int = 5) -> App
     """Generate the default app store, train wide / deep / W&D, rank, and recommend."""
     output = Path(output)
     files = make_appstore(output / "data")
-    config = packaged_config("appstore")
-    data = config.data.model_copy(
-        update={
-            "builtin": None,
-            "train": str(files.impressions),
-            "users": str(files.users),
-            "items": str(files.apps),
-        }
-    )
-    runs = train_ablation(config.model_copy(update={"data": data}), output)
+    config = appstore_config(files)
+    data = config.data
+    runs = train_ablation(config, output)
     best = runs["wide_deep"]
     bundle = load_bundle(best.bundle_dir)
     interactions = best.run_dir / "interactions"

@@ -21,10 +21,11 @@ from numpy.typing import NDArray
 
 from widedeep.bundle import Bundle
 from widedeep.config import DataConfig
+from widedeep.data.interactions import key_positions
 from widedeep.errors import ConfigError, SchemaError
 from widedeep.ranking_metrics import gauc, ranking_report
 from widedeep.recommend import Catalog, PairScorer, encode_users, load_catalog
-from widedeep.retrieval import MostPopular, item_positions
+from widedeep.retrieval import MostPopular
 from widedeep.tables import TableSource, describe_source
 
 Protocol = Literal["full", "sampled"]
@@ -126,8 +127,8 @@ def evaluate_ranking(
     def pairs_of(frame: pl.DataFrame | None) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         if frame is None:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        rows = item_positions(frame.get_column(data.user_key), user_keys)
-        cols = item_positions(frame.get_column(data.item_key), catalog.keys)
+        rows = key_positions(frame.get_column(data.user_key), user_keys)
+        cols = key_positions(frame.get_column(data.item_key), catalog.keys)
         keep = (rows >= 0) & (cols >= 0)
         return rows[keep], cols[keep]
 
@@ -239,8 +240,8 @@ def _sampled(
     seed: int,
 ) -> tuple[dict[str, float], dict[str, float]]:
     n_items = len(catalog)
-    rows = item_positions(latest.get_column(data.user_key), user_keys)
-    positives = item_positions(latest.get_column(data.item_key), catalog.keys)
+    rows = key_positions(latest.get_column(data.user_key), user_keys)
+    positives = key_positions(latest.get_column(data.item_key), catalog.keys)
     keep = (rows >= 0) & (positives >= 0)
     rows, positives = rows[keep], positives[keep]
     known = np.unique(
@@ -284,10 +285,8 @@ def _pointwise_gauc(
     data = bundle.config.data
     label = bundle.config.feature_schema.label
     assert label is not None
-    rows = item_positions(
-        test_frame.get_column(data.user_key), user_frame.get_column(data.user_key)
-    )
-    cols = item_positions(test_frame.get_column(data.item_key), catalog.keys)
+    rows = key_positions(test_frame.get_column(data.user_key), user_frame.get_column(data.user_key))
+    cols = key_positions(test_frame.get_column(data.item_key), catalog.keys)
     keep = (rows >= 0) & (cols >= 0)
     if not keep.any():
         return float("nan")

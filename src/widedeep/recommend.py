@@ -18,10 +18,11 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from widedeep.bundle import Bundle
+from widedeep.data.interactions import key_positions
 from widedeep.data.tensors import TensorTable
 from widedeep.errors import ConfigError, SchemaError
 from widedeep.features.preprocessor import SideTable
-from widedeep.retrieval import ItemCooccurrence, MostPopular, fill_with, item_positions
+from widedeep.retrieval import ItemCooccurrence, MostPopular, fill_with
 from widedeep.tables import TableSource, describe_source, read_table
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,8 @@ def seen_mask_rows(
     for key in (user_key, item_key):
         if key not in interactions.columns:
             raise SchemaError(f"the seen-interactions table has no column '{key}'")
-    users = item_positions(interactions.get_column(user_key), user_keys)
-    items = item_positions(interactions.get_column(item_key), catalog.keys)
+    users = key_positions(interactions.get_column(user_key), user_keys)
+    items = key_positions(interactions.get_column(item_key), catalog.keys)
     known = (users >= 0) & (items >= 0)
     return users[known], items[known]
 
@@ -116,8 +117,8 @@ def candidate_matrix(
     for key in (user_key, item_key):
         if key not in candidates.columns:
             raise SchemaError(f"the candidates table has no column '{key}'")
-    users = item_positions(candidates.get_column(user_key), user_keys)
-    items = item_positions(candidates.get_column(item_key), catalog.keys)
+    users = key_positions(candidates.get_column(user_key), user_keys)
+    items = key_positions(candidates.get_column(item_key), catalog.keys)
     unknown = items < 0
     if unknown.any():
         row = int(np.flatnonzero(unknown)[0])

@@ -17,16 +17,10 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
+from widedeep.data.interactions import key_positions
 from widedeep.errors import ConfigError
 
 IndexMatrix = NDArray[np.int64]
-
-
-def item_positions(values: pl.Series, catalog: pl.Series) -> NDArray[np.int64]:
-    """Positions of ``values`` in ``catalog`` (-1 when absent)."""
-    mapping = {value: i for i, value in enumerate(catalog.cast(pl.String).to_list())}
-    positions = values.cast(pl.String).replace_strict(mapping, default=-1, return_dtype=pl.Int64)
-    return np.asarray(positions.to_numpy(), dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -38,7 +32,7 @@ class MostPopular:
     @classmethod
     def fit(cls, positives: pl.DataFrame, item_key: str, catalog: pl.Series) -> MostPopular:
         """Count positives per catalog item."""
-        positions = item_positions(positives.get_column(item_key), catalog)
+        positions = key_positions(positives.get_column(item_key), catalog)
         counts = np.bincount(positions[positions >= 0], minlength=catalog.len())
         return cls(counts=counts.astype(np.int64))
 
@@ -59,7 +53,7 @@ class MostPopular:
     def from_frame(cls, frame: pl.DataFrame, catalog: pl.Series) -> MostPopular:
         """Inverse of ``to_frame`` against the same catalog."""
         counts = np.zeros(catalog.len(), dtype=np.int64)
-        positions = item_positions(frame.get_column("item"), catalog)
+        positions = key_positions(frame.get_column("item"), catalog)
         known = positions >= 0
         counts[positions[known]] = frame.get_column("positives").to_numpy()[known]
         return cls(counts=counts)
@@ -88,7 +82,7 @@ class ItemCooccurrence:
         frame = pl.DataFrame(
             {
                 "user": positives.get_column(user_key).cast(pl.String),
-                "item": item_positions(positives.get_column(item_key), catalog),
+                "item": key_positions(positives.get_column(item_key), catalog),
             }
         ).filter(pl.col("item") >= 0)
         history = (
@@ -127,8 +121,8 @@ class ItemCooccurrence:
         """Inverse of ``to_frame`` against ``catalog`` (pairs of unknown items dropped)."""
         neighbors = pl.DataFrame(
             {
-                "item": item_positions(frame.get_column("item"), catalog),
-                "neighbor": item_positions(frame.get_column("neighbor"), catalog),
+                "item": key_positions(frame.get_column("item"), catalog),
+                "neighbor": key_positions(frame.get_column("neighbor"), catalog),
                 "count": frame.get_column("count"),
             }
         ).filter((pl.col("item") >= 0) & (pl.col("neighbor") >= 0))

@@ -75,11 +75,11 @@ class RecTables:
         return frame
 
 
-def _codes(values: pl.Series, catalog: pl.Series) -> NDArray[np.int64]:
-    """Positions of ``values`` in ``catalog`` (-1 when absent)."""
-    mapping = {value: i for i, value in enumerate(catalog.to_list())}
-    codes = values.replace_strict(mapping, default=-1, return_dtype=pl.Int64).to_numpy()
-    return np.asarray(codes, dtype=np.int64)
+def key_positions(values: pl.Series, keys: pl.Series) -> NDArray[np.int64]:
+    """Positions of ``values`` in ``keys`` (-1 when absent), compared as strings."""
+    mapping = {value: i for i, value in enumerate(keys.cast(pl.String).to_list())}
+    positions = values.cast(pl.String).replace_strict(mapping, default=-1, return_dtype=pl.Int64)
+    return np.asarray(positions.to_numpy(), dtype=np.int64)
 
 
 def sample_negatives(
@@ -110,13 +110,13 @@ def sample_negatives(
             [known, known_positives.select(user_key, item_key)], how="vertical_relaxed"
         )
     user_catalog = known.get_column(user_key).unique(maintain_order=True)
-    known_users = _codes(known.get_column(user_key), user_catalog)
-    known_items = _codes(known.get_column(item_key), catalog)
+    known_users = key_positions(known.get_column(user_key), user_catalog)
+    known_items = key_positions(known.get_column(item_key), catalog)
     in_catalog = known_items >= 0  # an item outside the catalog can never be drawn anyway
     known_keys = np.unique(known_users[in_catalog] * n_items + known_items[in_catalog])
     if strategy == "popularity":
         counted = (popularity if popularity is not None else positives).get_column(item_key)
-        codes = _codes(counted, catalog)
+        codes = key_positions(counted, catalog)
         counts = np.bincount(codes[codes >= 0], minlength=n_items)
         weights = counts + 1.0  # every item stays possible
         probabilities = weights / weights.sum()
@@ -127,7 +127,7 @@ def sample_negatives(
 
     rng = np.random.default_rng(seed)
     source_rows = np.repeat(np.arange(positives.height), ratio)
-    users = np.repeat(_codes(positives.get_column(user_key), user_catalog), ratio)
+    users = np.repeat(key_positions(positives.get_column(user_key), user_catalog), ratio)
     items = np.full(len(source_rows), -1, dtype=np.int64)
     pending = np.arange(len(source_rows))
     for _ in range(50):  # rejection sampling; each round redraws only the rejected
