@@ -13,8 +13,10 @@ from widedeep.config import (
     TrainConfig,
     load_config,
 )
+from widedeep.data.appstore import make_appstore
 from widedeep.data.batch import Batch
 from widedeep.data.datasets import load_adult
+from widedeep.data.movielens import load_movielens
 from widedeep.errors import BundleError, ConfigError, NotFittedError, SchemaError, WideDeepError
 from widedeep.features.layout import FeatureLayout, SparseField
 from widedeep.features.preprocessor import EncodedTable, Preprocessor, TransformReport
@@ -30,6 +32,9 @@ from widedeep.features.schema import (
 )
 from widedeep.model.widedeep import WideDeep
 from widedeep.optim import FTRL
+from widedeep.ranking import RankingResult, evaluate_ranking
+from widedeep.recommend import top_k
+from widedeep.retrieval import ItemCooccurrence, MostPopular
 from widedeep.training.loop import TrainResult, train
 
 __version__ = "0.1.0"
@@ -49,13 +54,16 @@ __all__ = [
     "FeatureLayout",
     "FeatureSchema",
     "HashedFeature",
+    "ItemCooccurrence",
     "LabelSpec",
     "ModelConfig",
+    "MostPopular",
     "MultiCategoricalFeature",
     "NotFittedError",
     "NumericFeature",
     "OptimizerConfig",
     "Preprocessor",
+    "RankingResult",
     "RunConfig",
     "SchemaError",
     "SparseField",
@@ -65,10 +73,14 @@ __all__ = [
     "WideDeep",
     "WideDeepError",
     "__version__",
+    "evaluate_ranking",
     "load_adult",
     "load_bundle",
     "load_config",
+    "load_movielens",
+    "make_appstore",
     "save_bundle",
+    "top_k",
     "train",
     "verify_bundle",
 ]
