@@ -29,5 +29,9 @@ typecheck: $(STAMP)
 
 test: unit lint typecheck
 
+bench: $(STAMP)
+	$(BIN)/python benchmarks/peers/setup_envs.py
+	$(BIN)/python benchmarks/bench.py
+
 clean:
 	rm -rf $(VENV) runs build dist .pytest_cache .mypy_cache .ruff_cache

@@ -27,7 +27,7 @@ from fixtures_train import (
 )
 from widedeep.config import RunConfig, TrainConfig, load_config
 from widedeep.errors import ConfigError, WideDeepError
-from widedeep.optim import FTRL
+from widedeep.optim import FTRL, LazyAdagrad, LazyAdam
 from widedeep.training.loop import EarlyStopping, TrainResult, train
 from widedeep.training.optimizers import build_optimizers
 
@@ -325,10 +325,11 @@ def test_each_optimizer_pairing_trains(
 @pytest.mark.parametrize(
     ("wide", "deep", "sparse", "expected"),
     [
-        ("ftrl", "adagrad", True, [FTRL, torch.optim.Adagrad]),
-        ("ftrl", "adam", True, [FTRL, torch.optim.SparseAdam, torch.optim.Adam]),
+        ("ftrl", "adagrad", True, [FTRL, LazyAdagrad, torch.optim.Adagrad]),
+        ("ftrl", "adagrad", False, [FTRL, torch.optim.Adagrad]),
+        ("ftrl", "adam", True, [FTRL, LazyAdam, torch.optim.Adam]),
         ("ftrl", "adam", False, [FTRL, torch.optim.Adam]),
-        ("adam", "adam", True, [torch.optim.SparseAdam, torch.optim.Adam] * 2),
+        ("adam", "adam", True, [LazyAdam, torch.optim.Adam] * 2),
         ("sgd", "sgd", True, [torch.optim.SGD, torch.optim.SGD]),
     ],
 )

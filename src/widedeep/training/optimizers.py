@@ -13,7 +13,7 @@ from torch import nn
 
 from widedeep.config import ModelConfig, OptimizerConfig, TrainConfig
 from widedeep.model.widedeep import WideDeep
-from widedeep.optim import FTRL
+from widedeep.optim import FTRL, LazyAdagrad, LazyAdam
 
 
 def use_sparse_gradients(model_config: ModelConfig) -> bool:
@@ -32,18 +32,17 @@ def _build(
         return []
     if config.name == "ftrl":
         return [FTRL(params, lr=config.lr, beta=config.beta, l1=config.l1, l2=config.l2)]
-    if config.name == "adagrad":
-        return [torch.optim.Adagrad(params, lr=config.lr)]
     if config.name == "sgd":
         return [torch.optim.SGD(params, lr=config.lr)]
-    if not sparse_tables:
-        return [torch.optim.Adam(params, lr=config.lr)]
-    # Adam has no sparse update: lazy SparseAdam for the sparse tables, Adam for the rest.
-    optimizers: list[torch.optim.Optimizer] = []
-    if tables:
-        optimizers.append(torch.optim.SparseAdam(list(tables), lr=config.lr))
+    if not sparse_tables or not tables:
+        dense_kind = torch.optim.Adagrad if config.name == "adagrad" else torch.optim.Adam
+        return [dense_kind(params, lr=config.lr)]
+    # Sparse tables: row-wise lazy updates (O(rows in the batch)); the MLP keeps torch's own.
+    lazy = LazyAdagrad if config.name == "adagrad" else LazyAdam
+    optimizers: list[torch.optim.Optimizer] = [lazy(list(tables), lr=config.lr)]
     if dense:
-        optimizers.append(torch.optim.Adam(list(dense), lr=config.lr))
+        dense_kind = torch.optim.Adagrad if config.name == "adagrad" else torch.optim.Adam
+        optimizers.append(dense_kind(list(dense), lr=config.lr))
     return optimizers
 
 

@@ -1,0 +1,191 @@
+"""The training benchmark: widedeep and its peers on the same data, in the same run.
+
+    .venv/bin/python benchmarks/bench.py [--rows 1000000 --test-rows 200000 --epochs 2]
+
+1. makes (or reuses) a synthetic Criteo-shaped data set in bench-scratch/data;
+2. trains and scores widedeep, and each peer whose virtual environment exists (create them
+   with ``benchmarks/peers/setup_envs.py``), each in its own process, ``--repeats`` times;
+3. measures the limits of this machine in the same run: the bare-MLP rate and a matmul
+   roofline (``limits.py``);
+4. prints one table and writes it, with the command, machine and date, to
+   benchmarks/RESULTS.md.
+
+Throughputs are medians over repeats of the steady-state epochs (every epoch after the
+first); quality is the last epoch's test AUC and logloss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from limits import bare_mlp_rates, matmul_gflops, training_flops_per_sample
+from widedeep.data.ctr import make_ctr
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRATCH = ROOT / "bench-scratch"
+PEERS = {
+    "pytorch-widedeep": ("venv-pytorch-widedeep", "run_pytorch_widedeep.py"),
+    "DeepCTR-Torch": ("venv-deepctr", "run_deepctr.py"),
+}
+NUMERIC_FIELDS, CATEGORICAL_FIELDS = 13, 26
+
+
+def ctr_data(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The train and test files of the synthetic Criteo-shaped set (made once, then reused)."""
+    folder = SCRATCH / "data" / f"ctr-{args.rows}-{args.test_rows}-{args.seed}"
+    if not (folder / "test.parquet").exists():
+        make_ctr(folder, rows=args.rows, test_rows=args.test_rows, seed=args.seed)
+    return folder / "train.parquet", folder / "test.parquet"
+
+
+def run_library(
+    python: Path, script: Path, args: argparse.Namespace, data: tuple[Path, Path], out: Path
+) -> dict[str, Any]:
+    """One library's training run in its own process; its JSON report."""
+    command = [
+        str(python), str(script),
+        "--train", str(data[0]), "--test", str(data[1]),
+        "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+        "--embedding-dim", str(args.embedding_dim), "--hidden", args.hidden,
+        "--lr", str(args.lr), "--threads", str(args.threads), "--output", str(out),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def steady(report: dict[str, Any]) -> float:
+    """Training samples/s after the first epoch's warm-up (the only epoch if just one)."""
+    rates = report["train_samples_per_s"]
+    return statistics.median(rates[1:] if len(rates) > 1 else rates)
+
+
+def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over repeated runs of one library."""
+    last = reports[-1]
+    return {
+        "library": last["library"],
+        "version": last["version"],
+        "preprocess": statistics.median(r["preprocess_rows_per_s"] for r in reports),
+        "train": statistics.median(steady(r) for r in reports),
+        "infer": statistics.median(r["infer_samples_per_s"] for r in reports),
+        "rss": statistics.median(r["peak_rss_mb"] for r in reports),
+        "auc": last["epochs"][-1]["auc"],
+        "logloss": last["epochs"][-1]["logloss"],
+    }
+
+
+def table(rows: list[dict[str, Any]], limits: dict[str, float]) -> str:
+    """The results as a Markdown table, plus the ratios the targets are stated in."""
+    lines = [
+        "| library | preprocess rows/s | train samples/s | infer samples/s | peak RSS MB "
+        "| test AUC | logloss |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['library']} {row['version']} | {row['preprocess']:,.0f} | "
+            f"{row['train']:,.0f} | {row['infer']:,.0f} | {row['rss']:,.0f} | "
+            f"{row['auc']:.4f} | {row['logloss']:.4f} |"
+        )
+    lines.append(
+        f"| bare MLP (limit) | | {limits['mlp_train']:,.0f} | {limits['mlp_infer']:,.0f} | | | |"
+    )
+    lines.append(f"| matmul roofline (limit) | | {limits['roofline']:,.0f} | | | | |")
+    ours = next(r for r in rows if r["library"] == "widedeep")
+    peers = [r for r in rows if r["library"] != "widedeep"]
+    lines.append("")
+    lines.append(f"- widedeep training = {ours['train'] / limits['mlp_train']:.0%} of the bare-MLP "
+                 f"rate, {ours['train'] / limits['roofline']:.0%} of the matmul roofline "
+                 f"({limits['gflops']:.0f} GFLOP/s)")  # fmt: skip
+    lines.append(f"- widedeep inference = {ours['infer'] / limits['mlp_infer']:.0%} of the "
+                 "bare-MLP forward rate")  # fmt: skip
+    if peers:
+        best_train = max(peers, key=lambda r: r["train"])
+        best_infer = max(peers, key=lambda r: r["infer"])
+        best_auc = max(p["auc"] for p in peers)
+        train_ratio = ours["train"] / best_train["train"]
+        infer_ratio = ours["infer"] / best_infer["infer"]
+        lines.append(
+            f"- training {train_ratio:.1f}x the fastest peer ({best_train['library']}); "
+            f"inference {infer_ratio:.1f}x ({best_infer['library']}); "
+            f"test AUC {ours['auc'] - best_auc:+.4f} vs the best peer"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--test-rows", type=int, default=200_000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--embedding-dim", type=int, default=16)
+    parser.add_argument("--hidden", default="256,128")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    data = ctr_data(args)
+    runs: dict[str, tuple[Path, Path]] = {
+        "widedeep": (Path(sys.executable), ROOT / "benchmarks" / "run_widedeep.py")
+    }
+    for name, (venv, script) in PEERS.items():
+        python = SCRATCH / venv / "bin" / "python"
+        if not args.no_peers and python.exists():
+            runs[name] = (python, ROOT / "benchmarks" / "peers" / script)
+    rows = []
+    for name, (python, script) in runs.items():
+        reports = [
+            run_library(python, script, args, data, SCRATCH / f"{name}-{i}.json")
+            for i in range(args.repeats)
+        ]
+        rows.append(summarize(reports))
+        print(f"{name}: {rows[-1]}", flush=True)
+
+    hidden = [int(h) for h in args.hidden.split(",")]
+    width = CATEGORICAL_FIELDS * args.embedding_dim + NUMERIC_FIELDS
+    bare = bare_mlp_rates(width, hidden, args.batch_size, args.lr)
+    gflops = matmul_gflops(args.batch_size, width, hidden[0])
+    limits = {
+        "mlp_train": bare["train_samples_per_s"],
+        "mlp_infer": bare["infer_samples_per_s"],
+        "gflops": gflops,
+        "roofline": gflops * 1e9 / training_flops_per_sample(width, hidden),
+    }
+    result = table(rows, limits)
+    print(result)
+    command = "python benchmarks/bench.py " + " ".join(sys.argv[1:])
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
+        f"torch {torch.__version__}"
+    )
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    args.results.write_text(
+        "# Benchmark results\n\n"
+        f"Command: `{command}`  \nMachine: {machine}  \nDate: {date}  \n"
+        f"Data: synthetic Criteo-shaped, {args.rows:,} train + {args.test_rows:,} test rows; "
+        f"embedding dim {args.embedding_dim}, MLP [{args.hidden}], Adam lr {args.lr}, "
+        f"batch {args.batch_size}, {args.threads} threads, {args.epochs} epochs; "
+        f"throughputs are medians of {args.repeats} run(s), training after the first epoch.\n\n"
+        + result
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()

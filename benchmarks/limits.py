@@ -1,0 +1,83 @@
+"""What the hardware allows for a W&D step: the bare-MLP rate and a matmul roofline.
+
+* bare MLP: the same MLP, batch size and optimizer on random dense inputs of the deep
+  part's width: no embeddings, no wide part, no data loading. Whatever a library adds on
+  top (lookups, sparse updates, batching) shows as the gap to this rate.
+* roofline: a matmul's GFLOP/s on this machine divided by the MLP's training FLOPs per
+  sample (forward 2*in*out per layer, backward twice that).
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def mlp(input_dim: int, hidden: Sequence[int]) -> nn.Sequential:
+    """Linear+ReLU layers and a 1-unit head, as in the W&D deep part."""
+    layers: list[nn.Module] = []
+    width = input_dim
+    for units in hidden:
+        layers += [nn.Linear(width, units), nn.ReLU()]
+        width = units
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
+
+
+def training_flops_per_sample(input_dim: int, hidden: Sequence[int]) -> float:
+    """Multiply-adds of forward (x2 FLOPs) and backward (twice the forward) per sample."""
+    widths = [input_dim, *hidden, 1]
+    forward = sum(2 * a * b for a, b in itertools.pairwise(widths))
+    return 3.0 * forward
+
+
+def _rate(step: object, samples: int, seconds: float = 3.0, warmup: int = 5) -> float:
+    """Median samples/s over 5 timed slices of a callable run repeatedly."""
+    for _ in range(warmup):
+        step()  # type: ignore[operator]
+    rates = []
+    for _ in range(5):
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 5:
+            step()  # type: ignore[operator]
+            count += 1
+        rates.append(count * samples / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def bare_mlp_rates(
+    input_dim: int, hidden: Sequence[int], batch_size: int, lr: float = 1e-3
+) -> dict[str, float]:
+    """Training (Adam) and forward-only samples/s of the bare MLP on random inputs."""
+    torch.manual_seed(0)
+    model = mlp(input_dim, hidden)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    x = torch.randn(batch_size, input_dim)
+    y = torch.randint(0, 2, (batch_size,)).float()
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x).squeeze(-1), y).backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def forward_step() -> None:
+        model(x)
+
+    return {
+        "train_samples_per_s": _rate(train_step, batch_size),
+        "infer_samples_per_s": _rate(forward_step, batch_size),
+    }
+
+
+def matmul_gflops(m: int = 1024, k: int = 512, n: int = 256) -> float:
+    """GFLOP/s of an (m x k) @ (k x n) float32 matmul, a W&D layer's shape."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    rate = _rate(lambda: a @ b, 1)
+    return rate * 2 * m * k * n / 1e9

@@ -1,0 +1,230 @@
+"""What the peer runners share: arguments, the Criteo table, clocks, metrics and the result file.
+
+Each runner runs inside its own peer venv and imports this module from its own folder, so this
+module imports neither widedeep nor a peer library: only numpy, polars, pandas, scikit-learn and
+torch, which every peer venv has. The JSON it writes has one layout for all peers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import torch
+from sklearn.metrics import log_loss, roc_auc_score
+
+LABEL = "label"
+NUMERIC = [f"I{i}" for i in range(1, 14)]
+CATEGORICAL = [f"C{i}" for i in range(1, 27)]
+MISSING_CATEGORY = "-1"  # what DeepCTR-Torch's Criteo example fills missing categories with
+INFER_REPEATS = 3
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The run's settings, identical for every peer."""
+
+    train: Path
+    test: Path
+    epochs: int
+    batch_size: int
+    embedding_dim: int
+    hidden: tuple[int, ...]
+    lr: float
+    threads: int
+    output: Path
+    infer_batch_size: int
+    seed: int
+
+    def as_json(self) -> dict[str, object]:
+        """The settings as JSON-ready values."""
+        values = asdict(self)
+        values.update(train=str(self.train), test=str(self.test), output=str(self.output))
+        values["hidden"] = list(self.hidden)
+        return values
+
+
+def parse_hidden(text: str) -> tuple[int, ...]:
+    """``"256,128"`` -> ``(256, 128)``."""
+    try:
+        units = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected units like 256,128, got {text!r}") from None
+    if not units or min(units) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive units like 256,128, got {text!r}")
+    return units
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every runner takes; a runner may add its own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--train", type=Path, required=True, help="Criteo-shaped Parquet file")
+    parser.add_argument("--test", type=Path, required=True, help="Criteo-shaped Parquet file")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--embedding-dim", type=int, default=16)
+    parser.add_argument("--hidden", type=parse_hidden, default=(256, 128))
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--output", type=Path, required=True, help="result JSON file")
+    parser.add_argument("--infer-batch-size", type=int, default=4096)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The shared settings out of parsed arguments."""
+    return Settings(
+        train=args.train,
+        test=args.test,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        embedding_dim=args.embedding_dim,
+        hidden=args.hidden,
+        lr=args.lr,
+        threads=args.threads,
+        output=args.output,
+        infer_batch_size=args.infer_batch_size,
+        seed=args.seed,
+    )
+
+
+def configure_torch(settings: Settings) -> None:
+    """Threads and seeds, set before any model is built."""
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    np.random.seed(settings.seed)
+
+
+def read_table(path: Path) -> pl.DataFrame:
+    """A Criteo-shaped Parquet file, checked for the columns the runners use."""
+    table = pl.read_parquet(path)
+    missing = [name for name in [LABEL, *NUMERIC, *CATEGORICAL] if name not in table.columns]
+    if missing:
+        raise SystemExit(f"{path}: expected Criteo columns label, I1..I13, C1..C26; missing {missing}")
+    return table
+
+
+def prepare(table: pl.DataFrame) -> pd.DataFrame:
+    """The cleaning every peer gets: numerics null -> 0, clipped at 0, log1p; categories null -> '-1'.
+
+    Clipping keeps log1p finite on real Criteo, where I2 goes down to -3.
+    """
+    cleaned = table.select(
+        pl.col(LABEL).cast(pl.Float32),
+        *[pl.col(name).cast(pl.Float64).fill_null(0.0).clip(0.0).log1p() for name in NUMERIC],
+        *[pl.col(name).cast(pl.String).fill_null(MISSING_CATEGORY) for name in CATEGORICAL],
+    )
+    return cleaned.to_pandas()
+
+
+def load(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """Train and test tables, prepared; and the seconds preparing took (reading not counted)."""
+    train, test = read_table(settings.train), read_table(settings.test)
+    started = time.perf_counter()
+    prepared = prepare(train), prepare(test)
+    return *prepared, time.perf_counter() - started
+
+
+def score(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
+    """(AUC, log loss) of predicted click probabilities, by scikit-learn."""
+    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+    return float(roc_auc_score(labels, clipped)), float(log_loss(labels, clipped, labels=[0, 1]))
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch: test metrics after it and its training time (evaluation not included)."""
+
+    epoch: int
+    auc: float
+    logloss: float
+    seconds: float
+    eval_seconds: float
+
+
+@dataclass
+class EpochLog:
+    """Times each training epoch and scores the test set after it; fed by a peer's callback."""
+
+    train_rows: int
+    test_labels: np.ndarray
+    records: list[EpochRecord] = field(default_factory=list)
+    _started: float = 0.0
+
+    def begin(self) -> None:
+        """Start the epoch's clock."""
+        self._started = time.perf_counter()
+
+    def end(self, epoch: int, predict_test: Callable[[], np.ndarray]) -> None:
+        """Stop the clock, then score ``predict_test()`` (outside the epoch's time)."""
+        seconds = time.perf_counter() - self._started
+        eval_started = time.perf_counter()
+        auc, logloss = score(self.test_labels, predict_test())
+        eval_seconds = time.perf_counter() - eval_started
+        self.records.append(EpochRecord(epoch + 1, auc, logloss, seconds, eval_seconds))
+        print(
+            f"epoch {epoch + 1}: {self.train_rows / seconds:,.0f} samples/s, "
+            f"test auc {auc:.4f} logloss {logloss:.4f}",
+            flush=True,
+        )
+
+    def samples_per_s(self) -> list[float]:
+        """Training throughput of each epoch."""
+        return [self.train_rows / record.seconds for record in self.records]
+
+
+def infer_samples_per_s(rows: int, predict: Callable[[], np.ndarray]) -> float:
+    """Median throughput of ``INFER_REPEATS`` full passes of ``predict`` over ``rows`` rows."""
+    seconds = []
+    for _ in range(INFER_REPEATS):
+        started = time.perf_counter()
+        predict()
+        seconds.append(time.perf_counter() - started)
+    return rows / statistics.median(seconds)
+
+
+def peak_rss_mb() -> tuple[float, float]:
+    """(this process, its largest finished child) peak resident memory in MiB (Linux KiB units)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return own / 1024, children / 1024
+
+
+@dataclass(frozen=True)
+class Result:
+    """The result file's content; the same keys for every peer."""
+
+    library: str
+    version: str
+    torch: str
+    preprocess_rows_per_s: float
+    train_samples_per_s: list[float]
+    infer_samples_per_s: float
+    peak_rss_mb: float
+    epochs: list[EpochRecord]
+    settings: dict[str, object]
+    preprocess_seconds: dict[str, float]
+    peak_rss_children_mb: float
+
+
+def write_result(path: Path, result: Result) -> None:
+    """Write the result as JSON and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(result), indent=2) + "\n")
+    steady = result.train_samples_per_s[1:] or result.train_samples_per_s
+    print(
+        f"{result.library} {result.version}: preprocess {result.preprocess_rows_per_s:,.0f} rows/s, "
+        f"train {statistics.mean(steady):,.0f} samples/s (after epoch 1), "
+        f"infer {result.infer_samples_per_s:,.0f} samples/s, peak RSS {result.peak_rss_mb:,.0f} MiB "
+        f"-> {path}"
+    )

@@ -1,0 +1,138 @@
+"""Train and score widedeep on a Criteo-shaped table; write the benchmark JSON.
+
+Same command line and JSON as the peer runners in ``benchmarks/peers/``, so ``bench.py``
+runs every library the same way, each in its own process (peak RSS is per process):
+
+    .venv/bin/python benchmarks/run_widedeep.py --train train.parquet --test test.parquet \\
+        --epochs 2 --batch-size 1024 --embedding-dim 16 --hidden 256,128 --lr 1e-3 \\
+        --threads 2 --output widedeep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+import widedeep
+from widedeep.config import RunConfig
+from widedeep.data.tensors import TensorTable
+from widedeep.features.preprocessor import Preprocessor
+from widedeep.inference import predict
+from widedeep.metrics import auc, log_loss
+
+NUMERIC = [f"I{i}" for i in range(1, 14)]
+CATEGORICAL = [f"C{i}" for i in range(1, 27)]
+
+
+def criteo_config(args: argparse.Namespace, train: str, test: str) -> RunConfig:
+    """The benchmark's model: every C field in both parts, log1p numerics in the deep part."""
+    features: list[dict[str, Any]] = [
+        {"name": name, "kind": "numeric", "transform": "log1p", "fill": "zero"} for name in NUMERIC
+    ]
+    features += [
+        {"name": name, "kind": "categorical", "embedding_dim": args.embedding_dim}
+        for name in CATEGORICAL
+    ]
+    optimizer = {"name": args.optimizer, "lr": args.lr}
+    return RunConfig.from_dict(
+        {
+            "data": {"train": train, "validation": test, "test": test},
+            "schema": {
+                "label": {"column": "label"},
+                "features": features,
+                "wide": CATEGORICAL,
+                "deep": NUMERIC + CATEGORICAL,
+            },
+            "model": {"hidden_units": [int(h) for h in args.hidden.split(",")]},
+            "train": {
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "threads": args.threads,
+                "wide_optimizer": optimizer,
+                "deep_optimizer": optimizer,
+                "early_stopping": None,
+                "progress": False,
+            },
+        }
+    )
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--test", required=True)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--embedding-dim", type=int, default=16)
+    parser.add_argument("--hidden", default="256,128")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--optimizer", default="adam")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = criteo_config(args, args.train, args.test)
+
+    train_frame = pl.read_parquet(args.train)
+    test_frame = pl.read_parquet(args.test)
+    start = time.perf_counter()
+    preprocessor = Preprocessor(config.feature_schema)
+    encoded = preprocessor.fit_transform(train_frame)
+    preprocess_seconds = time.perf_counter() - start
+    test_encoded = preprocessor.transform(test_frame)
+    del encoded  # training encodes its own copy; keep peak memory that of one run
+
+    with tempfile.TemporaryDirectory() as folder:
+        result = widedeep.train(config, Path(folder) / "run")
+    assert result.model is not None
+    model = result.model
+    test_table = TensorTable.from_encoded(test_encoded)
+    assert test_table.labels is not None
+    labels = test_table.labels.numpy()
+    start = time.perf_counter()
+    probs = predict(model, test_table, batch_size=4096)
+    infer_seconds = time.perf_counter() - start
+
+    epochs = [
+        {
+            "epoch": row["epoch"],
+            "auc": row["validation_auc"],
+            "logloss": row["validation_logloss"],
+            "seconds": row["seconds"],
+        }
+        for row in result.history
+    ]
+    report = {
+        "library": "widedeep",
+        "version": widedeep.__version__,
+        "torch": torch.__version__,
+        "preprocess_rows_per_s": train_frame.height / preprocess_seconds,
+        "train_samples_per_s": [row["samples_per_s"] for row in result.history],
+        "infer_samples_per_s": len(test_table) / infer_seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "epochs": epochs,
+        "test_auc": auc(labels, probs),
+        "test_logloss": log_loss(labels, probs),
+        "settings": {**vars(args), "model_parameters": sum(p.numel() for p in model.parameters())},
+    }
+    Path(args.output).write_text(json.dumps(report, indent=1))
+    json.dump({k: v for k, v in report.items() if k != "epochs"}, sys.stdout, default=str)
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Row-sparse optimizers for embedding tables: a step touches only the rows of the batch.
+
+torch's own ``SparseAdam`` goes through ``sparse_mask`` on the whole state tensors, which on
+CPU costs time in proportion to the table, not the batch (measured here: ~280 ms a step for
+26 Criteo-sized tables). These optimizers gather the touched rows of each state tensor with
+``index_select``, update them, and write them back with ``index_copy_``: O(rows in the batch).
+
+Dense gradients (a bias, a table trained with dense gradients) get the ordinary update.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from widedeep.errors import ConfigError
+
+
+def _rows(grad: Tensor) -> tuple[Tensor, Tensor]:
+    """Unique row indices and their summed gradient rows of a sparse (COO) gradient."""
+    grad = grad.coalesce()  # duplicate ids in a batch add up, as in the dense gradient
+    return grad.indices()[0], grad.values()
+
+
+class LazyAdam(Optimizer):
+    """Adam whose moments and weights change only on the rows a batch touches.
+
+    As TensorFlow's LazyAdam: an untouched row keeps its moments (they are not decayed
+    while its id is absent), which is what makes the step cost independent of table size.
+    The bias correction uses the optimizer's step count.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        if not lr > 0:
+            raise ConfigError(f"LazyAdam: expected lr > 0, got {lr}")
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ConfigError(f"LazyAdam: expected betas in [0, 1), got {betas}")
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One update of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                state["step"] += 1
+                step = state["step"]
+                # torch.optim.Adam's formula: lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps).
+                size = group["lr"] / (1 - beta1**step)
+                root_bc2 = math.sqrt(1 - beta2**step)
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                if param.grad.is_sparse:
+                    rows, grad = _rows(param.grad)
+                    m = exp_avg.index_select(0, rows).mul_(beta1).add_(grad, alpha=1 - beta1)
+                    v = exp_avg_sq.index_select(0, rows).mul_(beta2)
+                    v.addcmul_(grad, grad, value=1 - beta2)
+                    exp_avg.index_copy_(0, rows, m)
+                    exp_avg_sq.index_copy_(0, rows, v)
+                    denom = v.sqrt_().div_(root_bc2).add_(group["eps"])
+                    param.index_add_(0, rows, m.div_(denom), alpha=-size)
+                else:
+                    grad = param.grad
+                    exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+                    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                    denom = exp_avg_sq.sqrt().div_(root_bc2).add_(group["eps"])
+                    param.addcdiv_(exp_avg, denom, value=-size)
+        return loss
+
+
+class LazyAdagrad(Optimizer):
+    """AdaGrad (the paper's deep-part optimizer) updating only the touched rows."""
+
+    def __init__(
+        self, params: Iterable[Tensor], lr: float = 0.01, eps: float = 1e-10, initial: float = 0.0
+    ) -> None:
+        if not lr > 0:
+            raise ConfigError(f"LazyAdagrad: expected lr > 0, got {lr}")
+        super().__init__(params, {"lr": lr, "eps": eps, "initial": initial})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One update of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if not state:
+                    state["sum"] = torch.full_like(param, group["initial"])
+                total = state["sum"]
+                if param.grad.is_sparse:
+                    rows, grad = _rows(param.grad)
+                    s = total.index_select(0, rows).addcmul_(grad, grad)
+                    total.index_copy_(0, rows, s)
+                    update = grad / s.sqrt_().add_(group["eps"])
+                    param.index_add_(0, rows, update, alpha=-group["lr"])
+                else:
+                    grad = param.grad
+                    total.addcmul_(grad, grad)
+                    param.addcdiv_(grad, total.sqrt().add_(group["eps"]), value=-group["lr"])
+        return loss
