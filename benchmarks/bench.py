@@ -29,12 +29,13 @@ from typing import Any
 
 import torch
 from limits import bare_mlp_rates, matmul_gflops, training_flops_per_sample
+
 from widedeep.data.ctr import make_ctr
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRATCH = ROOT / "bench-scratch"
 PEERS = {
-    "pytorch-widedeep": ("venv-pytorch-widedeep", "run_pytorch_widedeep.py"),
+    "pytorch-widedeep": ("venv-pwd", "run_pytorch_widedeep.py"),
     "DeepCTR-Torch": ("venv-deepctr", "run_deepctr.py"),
 }
 NUMERIC_FIELDS, CATEGORICAL_FIELDS = 13, 26
@@ -169,7 +170,7 @@ def main() -> None:
     }
     result = table(rows, limits)
     print(result)
-    command = "python benchmarks/bench.py " + " ".join(sys.argv[1:])
+    command = ("python benchmarks/bench.py " + " ".join(sys.argv[1:])).strip()
     machine = (
         f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
         f"torch {torch.__version__}"

@@ -110,14 +110,17 @@ def read_table(path: Path) -> pl.DataFrame:
     table = pl.read_parquet(path)
     missing = [name for name in [LABEL, *NUMERIC, *CATEGORICAL] if name not in table.columns]
     if missing:
-        raise SystemExit(f"{path}: expected Criteo columns label, I1..I13, C1..C26; missing {missing}")
+        raise SystemExit(
+            f"{path}: expected Criteo columns label, I1..I13, C1..C26; missing {missing}"
+        )
     return table
 
 
 def prepare(table: pl.DataFrame) -> pd.DataFrame:
-    """The cleaning every peer gets: numerics null -> 0, clipped at 0, log1p; categories null -> '-1'.
+    """The cleaning every peer gets, before its own preprocessing.
 
-    Clipping keeps log1p finite on real Criteo, where I2 goes down to -3.
+    Numerics: null -> 0, clipped at 0, log1p (clipping keeps log1p finite on real Criteo, where
+    I2 goes down to -3). Categories: null -> '-1'. Label: float32.
     """
     cleaned = table.select(
         pl.col(LABEL).cast(pl.Float32),
@@ -202,7 +205,13 @@ def peak_rss_mb() -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Result:
-    """The result file's content; the same keys for every peer."""
+    """The result file's content; the same keys for every peer.
+
+    Beyond the headline numbers: ``preprocess_seconds`` splits preprocessing into the shared
+    cleaning, the peer's fit and its transform of train and test; ``fit_call_seconds`` is the
+    whole training call (epochs, the per-epoch test scoring and the peer's own set-up);
+    ``peak_rss_children_mb`` is the largest finished child process (DataLoader workers).
+    """
 
     library: str
     version: str
@@ -214,6 +223,7 @@ class Result:
     epochs: list[EpochRecord]
     settings: dict[str, object]
     preprocess_seconds: dict[str, float]
+    fit_call_seconds: float
     peak_rss_children_mb: float
 
 
@@ -223,8 +233,9 @@ def write_result(path: Path, result: Result) -> None:
     path.write_text(json.dumps(asdict(result), indent=2) + "\n")
     steady = result.train_samples_per_s[1:] or result.train_samples_per_s
     print(
-        f"{result.library} {result.version}: preprocess {result.preprocess_rows_per_s:,.0f} rows/s, "
+        f"{result.library} {result.version}: "
+        f"preprocess {result.preprocess_rows_per_s:,.0f} rows/s, "
         f"train {statistics.mean(steady):,.0f} samples/s (after epoch 1), "
-        f"infer {result.infer_samples_per_s:,.0f} samples/s, peak RSS {result.peak_rss_mb:,.0f} MiB "
-        f"-> {path}"
+        f"infer {result.infer_samples_per_s:,.0f} samples/s, "
+        f"peak RSS {result.peak_rss_mb:,.0f} MiB -> {path}"
     )
