@@ -86,9 +86,24 @@ class Deep(nn.Module):
     ) -> None:
         super().__init__()
         self.single_columns = list(single_columns)
-        single_tables = [
-            nn.Embedding(f.cardinality, f.embedding_dim, sparse=sparse) for f in single
-        ]
+        # Fields of one embedding size share one table, their ids offset into one index space:
+        # one gather, one sparse gradient and one optimizer update per step instead of F.
+        self.fused = len(single) > 1 and len({f.embedding_dim for f in single}) == 1
+        if self.fused:
+            offsets = [0]
+            for field in single[:-1]:
+                offsets.append(offsets[-1] + field.cardinality)
+            total = offsets[-1] + single[-1].cardinality
+            single_tables = [nn.Embedding(total, single[0].embedding_dim, sparse=sparse)]
+        else:
+            single_tables = [
+                nn.Embedding(f.cardinality, f.embedding_dim, sparse=sparse) for f in single
+            ]
+            offsets = [0] * len(single)
+        self.fused_columns: Tensor
+        self.fused_offsets: Tensor
+        self.register_buffer("fused_columns", torch.tensor(self.single_columns, dtype=torch.long))
+        self.register_buffer("fused_offsets", torch.tensor(offsets, dtype=torch.long))
         multi_tables = [
             nn.Embedding(f.cardinality, f.embedding_dim, padding_idx=0, sparse=sparse)
             for f in multi
@@ -130,13 +145,16 @@ class Deep(nn.Module):
         names: Collection[str] | None = None,
     ) -> list[tuple[str, Tensor]]:
         """Each field's input block (B, D_f), in MLP-input order; only ``names`` if given."""
-        blocks = [
-            (name, table(ids[:, column]))
-            for name, table, column in zip(
-                self.single_names, self.embeddings, self.single_columns, strict=True
-            )
-            if names is None or name in names
-        ]
+        chosen = [i for i, name in enumerate(self.single_names) if names is None or name in names]
+        if self.fused and chosen:
+            rows = ids.index_select(1, self.fused_columns[chosen]) + self.fused_offsets[chosen]
+            vectors = self.embeddings[0](rows)  # (B, F_chosen, D)
+            blocks = [(self.single_names[i], vectors[:, j]) for j, i in enumerate(chosen)]
+        else:
+            blocks = [
+                (self.single_names[i], self.embeddings[i](ids[:, self.single_columns[i]]))
+                for i in chosen
+            ]
         for name, table, position, mean in zip(
             self.multi_names,
             self.multi_embeddings,
@@ -166,8 +184,14 @@ class Deep(nn.Module):
         self, ids: Tensor, multi_ids: Sequence[Tensor] = (), dense: Tensor | None = None
     ) -> Tensor:
         """Encoded inputs -> (B,) deep logits."""
-        x = torch.cat([block for _, block in self._blocks(ids, multi_ids, dense)], dim=1)
-        return self.head(self.mlp(x)).squeeze(-1)  # x: (B, sum D_f + D)
+        if self.fused:  # the fused gather is already laid out as the concatenation
+            rows = ids.index_select(1, self.fused_columns) + self.fused_offsets
+            others = self._blocks(ids, multi_ids, dense, self.multi_names + self.dense_names)
+            parts = [self.embeddings[0](rows).flatten(1), *(block for _, block in others)]
+        else:
+            parts = [block for _, block in self._blocks(ids, multi_ids, dense)]
+        x = torch.cat(parts, dim=1)  # (B, sum D_f + D)
+        return self.head(self.mlp(x)).squeeze(-1)
 
     @property
     def first_layer(self) -> nn.Linear:
