@@ -209,17 +209,18 @@ def _ratings_100k(folder: Path) -> pl.DataFrame:
     return _ratings(folder / "u.data", "\t", "user id, item id, rating, timestamp")
 
 
+def _user_columns(fields: pl.DataFrame) -> pl.DataFrame:
+    """The users table's columns, as every variant with a users file gives them."""
+    return fields.select(
+        pl.col("user_id").cast(pl.String), "age", "gender", "occupation", _zip_prefix()
+    )
+
+
 def _users_100k(folder: Path) -> pl.DataFrame:
     path = folder / "u.user"
     fields = _read_fields(path, "|", ("user_id", "age", "gender", "occupation", "zip"))
     fields = _cast(path, fields, {"user_id": pl.Int64, "age": pl.Int64})
-    return fields.select(
-        pl.col("user_id").cast(pl.String),
-        "age",
-        "gender",
-        "occupation",
-        _zip_prefix(),
-    )
+    return _user_columns(fields)
 
 
 def _items_100k(folder: Path) -> pl.DataFrame:
@@ -267,13 +268,7 @@ def _users_1m(folder: Path) -> pl.DataFrame:
             f"got {unknown['occupation'][0]}"
         )
     fields = fields.with_columns(names)
-    return fields.select(
-        pl.col("user_id").cast(pl.String),
-        "age",
-        "gender",
-        "occupation",
-        _zip_prefix(),
-    )
+    return _user_columns(fields)
 
 
 def _items_1m(folder: Path) -> pl.DataFrame:

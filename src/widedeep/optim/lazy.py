@@ -26,6 +26,14 @@ def _rows(grad: Tensor) -> tuple[Tensor, Tensor]:
     return grad.indices()[0], grad.values()
 
 
+def _run(closure: Callable[[], float] | None) -> float | None:
+    """The loss from an optimizer closure (re-evaluated with gradients), if one is given."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class LazyAdam(Optimizer):
     """Adam whose moments and weights change only on the rows a batch touches.
 
@@ -50,10 +58,7 @@ class LazyAdam(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _run(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for param in group["params"]:
@@ -101,10 +106,7 @@ class LazyAdagrad(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _run(closure)
         for group in self.param_groups:
             for param in group["params"]:
                 if param.grad is None:
