@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,33 @@ class Result:
     preprocess_seconds: dict[str, float]
     fit_call_seconds: float
     peak_rss_children_mb: float
+
+
+def build_result(
+    library: str,
+    rows: int,
+    preprocess_seconds: dict[str, float],
+    log: EpochLog,
+    infer_samples_per_s: float,
+    fit_call_seconds: float,
+    settings: dict[str, object],
+) -> Result:
+    """The result of one peer's run, with its version, torch's and the peak memory."""
+    own_rss, child_rss = peak_rss_mb()
+    return Result(
+        library=library,
+        version=version(library),
+        torch=torch.__version__,
+        preprocess_rows_per_s=rows / sum(preprocess_seconds.values()),
+        train_samples_per_s=log.samples_per_s(),
+        infer_samples_per_s=infer_samples_per_s,
+        peak_rss_mb=own_rss,
+        epochs=log.records,
+        settings=settings,
+        preprocess_seconds=preprocess_seconds,
+        fit_call_seconds=fit_call_seconds,
+        peak_rss_children_mb=child_rss,
+    )
 
 
 def write_result(path: Path, result: Result) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass
-from importlib.metadata import version
 
 import numpy as np
 import pandas as pd
@@ -144,21 +143,18 @@ def run(settings: harness.Settings) -> harness.Result:
     infer = harness.infer_samples_per_s(
         len(test), lambda: predict_probs(model, encoded, settings.infer_batch_size)
     )
-    own_rss, child_rss = harness.peak_rss_mb()
     preprocess_seconds = {
         "prepare": prepare_seconds,
         "fit": encoded.fit_seconds,
         "transform": encoded.transform_seconds,
     }
-    return harness.Result(
-        library=LIBRARY,
-        version=version(LIBRARY),
-        torch=torch.__version__,
-        preprocess_rows_per_s=(len(train) + len(test)) / sum(preprocess_seconds.values()),
-        train_samples_per_s=log.samples_per_s(),
-        infer_samples_per_s=infer,
-        peak_rss_mb=own_rss,
-        epochs=log.records,
+    return harness.build_result(
+        LIBRARY,
+        len(train) + len(test),
+        preprocess_seconds,
+        log,
+        infer,
+        fit_call_seconds,
         settings={
             **settings.as_json(),
             "shuffle": True,
@@ -166,9 +162,6 @@ def run(settings: harness.Settings) -> harness.Result:
             "continuous_scaling": "MinMaxScaler (Criteo example)",
             "wdl_defaults": wdl_defaults(),
         },
-        preprocess_seconds=preprocess_seconds,
-        fit_call_seconds=fit_call_seconds,
-        peak_rss_children_mb=child_rss,
     )
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import version
 
 import numpy as np
 import pandas as pd
@@ -145,21 +144,18 @@ def run(settings: harness.Settings, num_workers: int | None) -> harness.Result:
     infer = harness.infer_samples_per_s(
         len(test), lambda: predict_probs(trainer, encoded, settings.infer_batch_size)
     )
-    own_rss, child_rss = harness.peak_rss_mb()
     preprocess_seconds = {
         "prepare": prepare_seconds,
         "fit": encoded.fit_seconds,
         "transform": encoded.transform_seconds,
     }
-    return harness.Result(
-        library=LIBRARY,
-        version=version(LIBRARY),
-        torch=torch.__version__,
-        preprocess_rows_per_s=(len(train) + len(test)) / sum(preprocess_seconds.values()),
-        train_samples_per_s=log.samples_per_s(),
-        infer_samples_per_s=infer,
-        peak_rss_mb=own_rss,
-        epochs=log.records,
+    return harness.build_result(
+        LIBRARY,
+        len(train) + len(test),
+        preprocess_seconds,
+        log,
+        infer,
+        fit_call_seconds,
         settings={
             **settings.as_json(),
             "num_workers": trainer.num_workers,
@@ -168,9 +164,6 @@ def run(settings: harness.Settings, num_workers: int | None) -> harness.Result:
             "continuous_scaling": "none (TabPreprocessor default scale=False)",
             "torchvision_ops_stand_in": TORCHVISION_STAND_IN,
         },
-        preprocess_seconds=preprocess_seconds,
-        fit_call_seconds=fit_call_seconds,
-        peak_rss_children_mb=child_rss,
     )
 
 
