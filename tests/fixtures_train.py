@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import copy
 import importlib
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import polars as pl
 import pytest
 import torch
 
+from widedeep.cli import main
 from widedeep.config import RunConfig, apply_overrides
 from widedeep.training.loop import TrainResult, train
 
@@ -153,3 +156,22 @@ def shared_run(tmp_path_factory: pytest.TempPathFactory, name: str = "default") 
         with one_thread():
             _RUNS[name] = train(config, folder / "run")
     return _RUNS[name]
+
+
+@dataclass
+class Outcome:
+    """What one command-line call ended with."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_main(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: Any) -> Outcome:
+    """Call the console entry point in this process, as ``widedeep ARGV...`` would."""
+    monkeypatch.setattr(sys, "argv", ["widedeep", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    code = exit_info.value.code
+    return Outcome(0 if code is None else int(code), captured.out, captured.err)

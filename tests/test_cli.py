@@ -7,7 +7,6 @@ import math
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,16 @@ from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import widedeep
-from fixtures_train import config_dict, one_thread, shared_run, skip_plots, write_tables
+from fixtures_train import (
+    config_dict,
+    one_thread,
+    run_main,
+    shared_run,
+    skip_plots,
+    write_tables,
+)
 from widedeep.bundle import load_bundle
-from widedeep.cli import app, main
+from widedeep.cli import app
 from widedeep.training.loop import TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,23 +61,6 @@ def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config_dict(train_path, test_path), sort_keys=False))
     return path
-
-
-@dataclass
-class Outcome:
-    code: int
-    stdout: str
-    stderr: str
-
-
-def run_main(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: Any) -> Outcome:
-    """Call the console entry point in this process, as ``widedeep ARGV...`` would."""
-    monkeypatch.setattr(sys, "argv", ["widedeep", *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    code = exit_info.value.code
-    return Outcome(0 if code is None else int(code), captured.out, captured.err)
 
 
 def run_module(*args: str) -> subprocess.CompletedProcess[str]:

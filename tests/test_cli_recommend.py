@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fixtures_train import one_thread
+from fixtures_train import Outcome, one_thread, run_main
 from test_recommend import ITEM, USER, RecRun, shared_rec_run
-from widedeep.cli import app, main
+from widedeep.cli import app
 from widedeep.ranking import evaluate_ranking
 from widedeep.recommend import top_k
 
@@ -42,23 +41,6 @@ def some_users(rec: RecRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cli-users") / "users.parquet"
     rec.users.head(12).write_parquet(path)
     return path
-
-
-@dataclass
-class Outcome:
-    code: int
-    stdout: str
-    stderr: str
-
-
-def run_main(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: Any) -> Outcome:
-    """The console entry point in this process, as ``widedeep ARGV...`` would run it."""
-    monkeypatch.setattr(sys, "argv", ["widedeep", *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    code = exit_info.value.code
-    return Outcome(0 if code is None else int(code), captured.out, captured.err)
 
 
 def assert_user_error(outcome: Outcome, *fragments: str) -> None:
