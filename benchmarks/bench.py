@@ -59,6 +59,7 @@ def run_library(
         "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
         "--embedding-dim", str(args.embedding_dim), "--hidden", args.hidden,
         "--lr", str(args.lr), "--threads", str(args.threads), "--output", str(out),
+        "--device", args.device,
     ]  # fmt: skip
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
@@ -134,9 +135,17 @@ def main() -> None:
     parser.add_argument("--hidden", default="256,128")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (peers that support it)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="NAME=PYTHON",
+        help="run peer NAME with this interpreter instead of its venv (e.g. on a GPU machine)",
+    )
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -145,9 +154,13 @@ def main() -> None:
     runs: dict[str, tuple[Path, Path]] = {
         "widedeep": (Path(sys.executable), ROOT / "benchmarks" / "run_widedeep.py")
     }
+    chosen = dict(item.split("=", 1) for item in args.peer)
+    unknown = set(chosen) - set(PEERS)
+    if unknown:
+        parser.error(f"unknown peer(s) {sorted(unknown)}; known: {sorted(PEERS)}")
     for name, (venv, script) in PEERS.items():
-        python = SCRATCH / venv / "bin" / "python"
-        if not args.no_peers and python.exists():
+        python = Path(chosen[name]) if name in chosen else SCRATCH / venv / "bin" / "python"
+        if not args.no_peers and (name in chosen or python.exists()):
             runs[name] = (python, ROOT / "benchmarks" / "peers" / script)
     rows = []
     for name, (python, script) in runs.items():
@@ -160,8 +173,8 @@ def main() -> None:
 
     hidden = [int(h) for h in args.hidden.split(",")]
     width = CATEGORICAL_FIELDS * args.embedding_dim + NUMERIC_FIELDS
-    bare = bare_mlp_rates(width, hidden, args.batch_size, args.lr)
-    gflops = matmul_gflops(args.batch_size, width, hidden[0])
+    bare = bare_mlp_rates(width, hidden, args.batch_size, args.lr, args.device)
+    gflops = matmul_gflops(args.batch_size, width, hidden[0], args.device)
     limits = {
         "mlp_train": bare["train_samples_per_s"],
         "mlp_infer": bare["infer_samples_per_s"],
@@ -175,13 +188,16 @@ def main() -> None:
         f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "
         f"torch {torch.__version__}"
     )
+    if args.device.startswith("cuda"):
+        machine += f", {torch.cuda.get_device_name(torch.device(args.device))}"
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     args.results.write_text(
         "# Benchmark results\n\n"
         f"Command: `{command}`  \nMachine: {machine}  \nDate: {date}  \n"
         f"Data: synthetic Criteo-shaped, {args.rows:,} train + {args.test_rows:,} test rows; "
         f"embedding dim {args.embedding_dim}, MLP [{args.hidden}], Adam lr {args.lr}, "
-        f"batch {args.batch_size}, {args.threads} threads, {args.epochs} epochs; "
+        f"batch {args.batch_size}, {args.threads} threads, {args.epochs} epochs, "
+        f"device {args.device}; "
         f"throughputs are medians of {args.repeats} run(s), training after the first epoch.\n\n"
         + result
         + "\n"

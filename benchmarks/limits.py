@@ -36,29 +36,45 @@ def training_flops_per_sample(input_dim: int, hidden: Sequence[int]) -> float:
     return 3.0 * forward
 
 
-def _rate(step: object, samples: int, seconds: float = 3.0, warmup: int = 5) -> float:
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU), so clocks measure finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rate(
+    step: object,
+    samples: int,
+    seconds: float = 3.0,
+    warmup: int = 5,
+    device: torch.device = torch.device("cpu"),
+) -> float:
     """Median samples/s over 5 timed slices of a callable run repeatedly."""
     for _ in range(warmup):
         step()  # type: ignore[operator]
+    _sync(device)
     rates = []
     for _ in range(5):
         count, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds / 5:
-            step()  # type: ignore[operator]
-            count += 1
+            for _ in range(10 if device.type == "cuda" else 1):
+                step()  # type: ignore[operator]
+                count += 1
+            _sync(device)
         rates.append(count * samples / (time.perf_counter() - start))
     return statistics.median(rates)
 
 
 def bare_mlp_rates(
-    input_dim: int, hidden: Sequence[int], batch_size: int, lr: float = 1e-3
+    input_dim: int, hidden: Sequence[int], batch_size: int, lr: float = 1e-3, device: str = "cpu"
 ) -> dict[str, float]:
     """Training (Adam) and forward-only samples/s of the bare MLP on random inputs."""
     torch.manual_seed(0)
-    model = mlp(input_dim, hidden)
+    where = torch.device(device)
+    model = mlp(input_dim, hidden).to(where)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    x = torch.randn(batch_size, input_dim)
-    y = torch.randint(0, 2, (batch_size,)).float()
+    x = torch.randn(batch_size, input_dim, device=where)
+    y = torch.randint(0, 2, (batch_size,), device=where).float()
     loss_fn = nn.BCEWithLogitsLoss()
 
     def train_step() -> None:
@@ -71,13 +87,14 @@ def bare_mlp_rates(
         model(x)
 
     return {
-        "train_samples_per_s": _rate(train_step, batch_size),
-        "infer_samples_per_s": _rate(forward_step, batch_size),
+        "train_samples_per_s": _rate(train_step, batch_size, device=where),
+        "infer_samples_per_s": _rate(forward_step, batch_size, device=where),
     }
 
 
-def matmul_gflops(m: int = 1024, k: int = 512, n: int = 256) -> float:
+def matmul_gflops(m: int = 1024, k: int = 512, n: int = 256, device: str = "cpu") -> float:
     """GFLOP/s of an (m x k) @ (k x n) float32 matmul, a W&D layer's shape."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    rate = _rate(lambda: a @ b, 1)
+    where = torch.device(device)
+    a, b = torch.randn(m, k, device=where), torch.randn(k, n, device=where)
+    rate = _rate(lambda: a @ b, 1, device=where)
     return rate * 2 * m * k * n / 1e9

@@ -57,6 +57,7 @@ def criteo_config(args: argparse.Namespace, train: str, test: str) -> RunConfig:
                 "epochs": args.epochs,
                 "batch_size": args.batch_size,
                 "threads": args.threads,
+                "device": args.device,
                 "wide_optimizer": optimizer,
                 "deep_optimizer": optimizer,
                 "early_stopping": None,
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -99,12 +101,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         result = widedeep.train(config, Path(folder) / "run")
     assert result.model is not None
-    model = result.model
+    model = result.model.to(args.device)
     test_table = TensorTable.from_encoded(test_encoded)
     assert test_table.labels is not None
     labels = test_table.labels.numpy()
     start = time.perf_counter()
-    probs = predict(model, test_table, batch_size=4096)
+    probs = predict(model, test_table, batch_size=4096, device=args.device)
     infer_seconds = time.perf_counter() - start
 
     epochs = [

@@ -45,6 +45,7 @@ class Settings:
     output: Path
     infer_batch_size: int
     seed: int
+    device: str = "cpu"
 
     def as_json(self) -> dict[str, object]:
         """The settings as JSON-ready values."""
@@ -78,6 +79,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--output", type=Path, required=True, help="result JSON file")
     parser.add_argument("--infer-batch-size", type=int, default=4096)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda, where the peer allows")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -96,6 +98,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         output=args.output,
         infer_batch_size=args.infer_batch_size,
         seed=args.seed,
+        device=args.device,
     )
 
 

@@ -87,7 +87,7 @@ def build_model(encoded: Encoded, settings: harness.Settings) -> WDL:
         dnn_use_bn=False,
         task="binary",
         seed=settings.seed,
-        device="cpu",
+        device=settings.device,
     )
 
 

@@ -19,16 +19,17 @@ def predict_parts(
     model.eval()
     wide_parts, deep_parts = [], []
     try:
-        for batch in table.batches(batch_size):
-            wide, deep = model.parts(batch.to(device))
-            wide_parts.append(wide.float().cpu())
-            deep_parts.append(deep.float().cpu())
+        # Parts stay on the device until the end: one copy back, no sync per batch.
+        for batch in table.place(device).batches(batch_size):
+            wide, deep = model.parts(batch.to(device, non_blocking=True))
+            wide_parts.append(wide.float())
+            deep_parts.append(deep.float())
     finally:
         model.train(was_training)
     if not wide_parts:
         empty = np.zeros(0, dtype=np.float32)
         return empty, empty
-    return torch.cat(wide_parts).numpy(), torch.cat(deep_parts).numpy()
+    return torch.cat(wide_parts).cpu().numpy(), torch.cat(deep_parts).cpu().numpy()
 
 
 def predict(

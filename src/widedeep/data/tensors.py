@@ -39,6 +39,45 @@ class TensorTable:
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the table's tensors."""
+        tensors = [self.ids, *self.multi_ids, self.dense]
+        if self.labels is not None:
+            tensors.append(self.labels)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def to(self, device: torch.device | str) -> TensorTable:
+        """The same table on ``device`` (one copy per tensor; shuffled batches then never
+        leave the device)."""
+        return TensorTable(
+            ids=self.ids.to(device),
+            multi_ids=tuple(m.to(device) for m in self.multi_ids),
+            dense=self.dense.to(device),
+            labels=None if self.labels is None else self.labels.to(device),
+        )
+
+    def pin_memory(self) -> TensorTable:
+        """The table in page-locked host memory, so batch copies to a GPU can overlap work."""
+        return TensorTable(
+            ids=self.ids.pin_memory(),
+            multi_ids=tuple(m.pin_memory() for m in self.multi_ids),
+            dense=self.dense.pin_memory(),
+            labels=None if self.labels is None else self.labels.pin_memory(),
+        )
+
+    def place(self, device: torch.device | str) -> TensorTable:
+        """The table where batches for ``device`` are best cut from: on a GPU when it fits in
+        half of the free memory (batches are then gathered on the device, no copies), else in
+        pinned host memory (batch copies overlap the work). On CPU, the table itself."""
+        device = torch.device(device)
+        if device.type != "cuda" or self.ids.device == device:
+            return self
+        free, _ = torch.cuda.mem_get_info(device)
+        if self.nbytes <= free // 2:
+            return self.to(device)
+        return self.pin_memory()
+
     def take(self, rows: Tensor) -> Batch:
         """The rows at the int64 positions ``rows``, gathered into one new batch."""
         return Batch(
@@ -66,6 +105,8 @@ class TensorTable:
             for start in range(0, n, batch_size):
                 yield self.slice(start, min(start + batch_size, n))
             return
-        order = torch.randperm(n, generator=generator)
+        # The permutation comes from the (CPU) generator, so a seed gives the same order on
+        # every device; the positions then move once to where the table lives.
+        order = torch.randperm(n, generator=generator).to(self.ids.device)
         for rows in order.split(batch_size):
             yield self.take(rows)

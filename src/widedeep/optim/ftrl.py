@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
 from widedeep.errors import ConfigError
+from widedeep.optim.rows import RowSums
 
 
 class FTRL(Optimizer):
@@ -66,6 +67,7 @@ class FTRL(Optimizer):
         if not l2 >= 0.0:
             raise ConfigError(f"FTRL: expected l2 >= 0, got l2={l2!r}.")
         super().__init__(params, {"lr": lr, "beta": beta, "l1": l1, "l2": l2})
+        self._row_sums = RowSums()
 
     @overload
     def step(self, closure: None = None) -> None: ...
@@ -91,17 +93,22 @@ class FTRL(Optimizer):
                     state["n"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 z, n = state["z"], state["n"]
                 grad = param.grad
+                if grad.is_sparse and grad.sparse_dim() != 1:
+                    grad = grad.to_dense()  # not an embedding's row-sparse gradient
                 if grad.is_sparse:
-                    # Duplicate indices are summed by coalesce; then each touched row is unique,
-                    # so gather → update → scatter back gives the dense update on those rows.
-                    grad = grad.coalesce()
-                    rows = tuple(grad.indices())  # sparse_dim tensors of shape (nnz,)
+                    # Duplicate ids summed; then each touched row is distinct, so
+                    # gather → update → write back gives the dense update on those rows.
+                    rows, values = self._row_sums(param, grad)
                     new_w, new_z, new_n = _ftrl_update(
-                        param[rows], z[rows], n[rows], grad.values(), lr, beta, l1, l2
-                    )
-                    param.index_put_(rows, new_w)
-                    z.index_put_(rows, new_z)
-                    n.index_put_(rows, new_n)
+                        param.index_select(0, rows),
+                        z.index_select(0, rows),
+                        n.index_select(0, rows),
+                        values,
+                        lr, beta, l1, l2,
+                    )  # fmt: skip
+                    param.index_copy_(0, rows, new_w)
+                    z.index_copy_(0, rows, new_z)
+                    n.index_copy_(0, rows, new_n)
                 else:
                     new_w, new_z, new_n = _ftrl_update(param, z, n, grad, lr, beta, l1, l2)
                     param.copy_(new_w)

@@ -18,12 +18,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from widedeep.errors import ConfigError
-
-
-def _rows(grad: Tensor) -> tuple[Tensor, Tensor]:
-    """Unique row indices and their summed gradient rows of a sparse (COO) gradient."""
-    grad = grad.coalesce()  # duplicate ids in a batch add up, as in the dense gradient
-    return grad.indices()[0], grad.values()
+from widedeep.optim.rows import RowSums
 
 
 def _run(closure: Callable[[], float] | None) -> float | None:
@@ -54,6 +49,7 @@ class LazyAdam(Optimizer):
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ConfigError(f"LazyAdam: expected betas in [0, 1), got {betas}")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+        self._row_sums = RowSums()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -76,7 +72,7 @@ class LazyAdam(Optimizer):
                 root_bc2 = math.sqrt(1 - beta2**step)
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 if param.grad.is_sparse:
-                    rows, grad = _rows(param.grad)
+                    rows, grad = self._row_sums(param, param.grad)
                     m = exp_avg.index_select(0, rows).mul_(beta1).add_(grad, alpha=1 - beta1)
                     v = exp_avg_sq.index_select(0, rows).mul_(beta2)
                     v.addcmul_(grad, grad, value=1 - beta2)
@@ -102,6 +98,7 @@ class LazyAdagrad(Optimizer):
         if not lr > 0:
             raise ConfigError(f"LazyAdagrad: expected lr > 0, got {lr}")
         super().__init__(params, {"lr": lr, "eps": eps, "initial": initial})
+        self._row_sums = RowSums()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -116,7 +113,7 @@ class LazyAdagrad(Optimizer):
                     state["sum"] = torch.full_like(param, group["initial"])
                 total = state["sum"]
                 if param.grad.is_sparse:
-                    rows, grad = _rows(param.grad)
+                    rows, grad = self._row_sums(param, param.grad)
                     s = total.index_select(0, rows).addcmul_(grad, grad)
                     total.index_copy_(0, rows, s)
                     update = grad / s.sqrt_().add_(group["eps"])

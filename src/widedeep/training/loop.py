@@ -143,9 +143,10 @@ def train(config: RunConfig, output_dir: str | Path) -> TrainResult:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     history: list[dict[str, Any]] = []
+    placed_table = train_table.place(device)
     for epoch in range(1, settings.epochs + 1):
         train_loss, seconds = _train_epoch(
-            model, train_table, optimizers, settings.batch_size, generator, device, epoch, settings
+            model, placed_table, optimizers, settings.batch_size, generator, device, epoch, settings
         )
         _, report = _evaluate(model, validation_table, settings.eval_batch_size, device)
         row: dict[str, Any] = {
@@ -264,7 +265,8 @@ def _train_epoch(
     model.train()
     regularized = model.embed_reg > 0 or model.w_reg > 0
     n_batches = (len(table) + batch_size - 1) // batch_size
-    total_loss = torch.zeros((), dtype=torch.float64)
+    # Summed on the device: reading the loss back each step would stall a GPU.
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     start = time.perf_counter()
     bar = tqdm(
@@ -286,16 +288,17 @@ def _train_epoch(
         total.backward()
         for optimizer in optimizers:
             optimizer.step()
-        total_loss += loss.detach().double().cpu() * len(batch)
+        total_loss += loss.detach().double() * len(batch)
         seen += len(batch)
-        if step % 20 == 0 or step == n_batches:
+        if settings.progress and (step % 20 == 0 or step == n_batches):
             elapsed = time.perf_counter() - start
             bar.set_postfix(
                 loss=f"{(total_loss / seen).item():.4f}", samples_s=f"{seen / elapsed:,.0f}"
             )
     bar.close()
+    mean_loss = float(total_loss / max(seen, 1))  # waits for the device's last step
     seconds = time.perf_counter() - start
-    return float(total_loss / max(seen, 1)), seconds
+    return mean_loss, seconds
 
 
 def recommendation_tables(

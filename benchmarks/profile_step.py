@@ -1,0 +1,111 @@
+"""Where a widedeep training step spends its time, on the benchmark's Criteo-shaped data.
+
+    .venv/bin/python benchmarks/profile_step.py \
+        --train bench-scratch/data/ctr-1000000-200000-0/train.parquet
+
+Builds the benchmark's model and optimizers through the library (the same fast path as
+``widedeep train``), then (1) times the phases of a step (batch gather, forward, backward,
+optimizer) with device syncs between them, and (2) prints torch.profiler's top operators.
+This is the profile the performance notes quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import polars as pl
+import torch
+from run_widedeep import criteo_config
+from torch.profiler import ProfilerActivity, profile
+
+from widedeep.bundle import build_model
+from widedeep.data.tensors import TensorTable
+from widedeep.features.preprocessor import Preprocessor
+from widedeep.training.loop import loss_fn
+from widedeep.training.optimizers import build_optimizers, use_sparse_gradients
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--embedding-dim", type=int, default=16)
+    parser.add_argument("--hidden", default="256,128")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--optimizer", default="adam")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=100)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    config = criteo_config(args, args.train, args.train)
+    frame = pl.read_parquet(args.train, n_rows=args.rows)
+    preprocessor = Preprocessor(config.feature_schema)
+    table = TensorTable.from_encoded(preprocessor.fit_transform(frame)).place(device)
+    sparse = use_sparse_gradients(config.model)
+    model = build_model(config, preprocessor, sparse_gradients=sparse).to(device)
+    optimizers = build_optimizers(model, config.train, sparse_tables=sparse)
+    generator = torch.Generator().manual_seed(0)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    phases: dict[str, list[float]] = {"gather": [], "forward": [], "backward": [], "optimizer": []}
+
+    def timed(name: str, work: Callable[[], object]) -> object:
+        start = time.perf_counter()
+        result = work()
+        sync()
+        phases[name].append(time.perf_counter() - start)
+        return result
+
+    def run_steps(count: int, record: bool) -> None:
+        batches = table.batches(args.batch_size, shuffle=True, generator=generator)
+        for _, batch in zip(range(count), batches, strict=False):
+            if record:
+                batch = timed("gather", lambda b=batch: b.to(device))  # type: ignore[misc]
+                logits = timed("forward", lambda b=batch: model.logits(b))  # type: ignore[misc]
+                loss = loss_fn(logits, batch.labels, model.objective)  # type: ignore[arg-type]
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
+                timed("backward", loss.backward)
+                timed("optimizer", lambda: [o.step() for o in optimizers])
+            else:
+                logits = model.logits(batch)
+                loss = loss_fn(logits, batch.labels, model.objective)  # type: ignore[arg-type]
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for optimizer in optimizers:
+                    optimizer.step()
+
+    model.train()
+    run_steps(20, record=False)
+    sync()
+    run_steps(args.steps, record=True)
+    total = sum(statistics.median(v) for v in phases.values())
+    print(f"step phases, median of {args.steps} steps (batch {args.batch_size}, {device}):")
+    for name, values in phases.items():
+        median = statistics.median(values)
+        print(f"  {name:<10} {median * 1e3:7.3f} ms  {median / total:5.1%}")
+    print(f"  {'total':<10} {total * 1e3:7.3f} ms  -> {args.batch_size / total:,.0f} samples/s")
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        run_steps(50, record=False)
+        sync()
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=18))
+
+
+if __name__ == "__main__":
+    main()
