@@ -353,3 +353,28 @@ def test_public_classes_and_functions_are_exported() -> None:
         if not name.startswith("_") and not isinstance(value, type(sys))
     }
     assert public <= set(widedeep.__all__)
+
+
+def test_export_writes_a_program_that_scores_as_the_bundle(
+    result: TrainResult, test_path: Path, tmp_path: Path
+) -> None:
+    from widedeep.export import ExportedScorer
+
+    output = tmp_path / "model.pt2"
+    outcome = CliRunner().invoke(
+        app, ["export", str(result.bundle_dir), "--format", "pt2", "--output", str(output)]
+    )
+    assert outcome.exit_code == 0, outcome.output
+    assert f"wrote {output}" in outcome.output
+    frame = pl.read_parquet(test_path)
+    expected = load_bundle(result.bundle_dir).predict(frame)
+    np.testing.assert_allclose(ExportedScorer.load(output).predict(frame), expected, atol=1e-6)
+
+
+def test_export_to_an_unknown_format_names_the_choices(
+    result: TrainResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    argv = ["export", str(result.bundle_dir), "--format", "tflite", "-o", str(tmp_path / "m")]
+    outcome = run_main(argv, monkeypatch, capsys)
+    assert outcome.code == 2
+    assert "--format must be one of ['pt2', 'onnx'], got 'tflite'" in outcome.stderr

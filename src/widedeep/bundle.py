@@ -142,7 +142,7 @@ class Bundle:
         return frame.with_columns(pl.Series(column, scores))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -180,7 +180,7 @@ def save_bundle(
         "python_version": platform.python_version(),
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "files": {
-            name: {"sha256": _sha256(folder / name), "bytes": (folder / name).stat().st_size}
+            name: {"sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size}
             for name in (*CONTENT_FILES, *extra)
         },
         "metrics": metrics or {},
@@ -230,7 +230,7 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
                 f"{file}: {size} bytes, the manifest says {expected.get('bytes')} "
                 "(truncated or replaced since it was saved)"
             )
-        if _sha256(file) != expected.get("sha256"):
+        if file_sha256(file) != expected.get("sha256"):
             raise BundleError(
                 f"{file}: its SHA-256 differs from the manifest's (changed since it was saved)"
             )

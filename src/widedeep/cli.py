@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from widedeep.errors import WideDeepError
+from widedeep.errors import ConfigError, WideDeepError
 
 app = typer.Typer(
     name="widedeep",
@@ -114,7 +114,6 @@ def evaluate(
     --users users.parquet --train runs/app/interactions/train.parquet -k 10
     """
     from widedeep.bundle import load_bundle
-    from widedeep.errors import ConfigError
 
     loaded = load_bundle(bundle)
     if not ranking:
@@ -210,7 +209,6 @@ def recommend(
     --exclude-seen runs/app/interactions/train.parquet --output recs.parquet
     """
     from widedeep.bundle import load_bundle
-    from widedeep.errors import ConfigError
     from widedeep.recommend import top_k
     from widedeep.tables import write_table
 
@@ -231,6 +229,29 @@ def recommend(
     typer.echo(f"wrote {frame.height} recommendations to {output}")
 
 
+@app.command()
+def export(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by train.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="pt2 (torch.export) or onnx.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="model.pt2 / model.onnx, or a folder.")
+    ],
+) -> None:
+    """Export BUNDLE as a standalone program with a dynamic batch dimension.
+
+    The program takes encoded ids and numbers; the id encoding runs in widedeep.export's
+    ExportedScorer from the preprocessor copy written beside it.
+
+    Example: widedeep export runs/adult/bundle --format onnx --output model.onnx
+    """
+    from widedeep.export import FORMATS, export_bundle
+
+    if format not in FORMATS:
+        raise ConfigError(f"--format must be one of {list(FORMATS)}, got {format!r}")
+    written = export_bundle(bundle, format, output)
+    typer.echo(f"wrote {written} (+ .preprocessor.json, .manifest.json beside it)")
+
+
 datasets = typer.Typer(help="Make or fetch data sets.", no_args_is_help=True)
 app.add_typer(datasets, name="datasets")
 
@@ -249,7 +270,6 @@ def datasets_make(
     Example: widedeep datasets make appstore --impressions 1000000 --output data/appstore
     """
     from widedeep.data.appstore import make_appstore
-    from widedeep.errors import ConfigError
 
     if name != "appstore":
         raise ConfigError(f"unknown data set '{name}'; this command makes: appstore")
@@ -292,7 +312,6 @@ def demo(
 
     Example: widedeep demo --task recommend --output runs/appstore
     """
-    from widedeep.errors import ConfigError
 
     if task == "recommend":
         _appstore_demo(output)

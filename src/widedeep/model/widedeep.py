@@ -129,11 +129,17 @@ class WideDeep(nn.Module):
         """The wide and deep contributions to the joint logit, each (B,); they sum to it."""
         batch = inputs if isinstance(inputs, Batch) else Batch(ids=inputs)
         self._check_inputs(batch)
-        zeros = batch.ids.new_zeros(len(batch), dtype=torch.float32)
-        wide = self.wide(batch.ids, batch.multi_ids) if self.wide is not None else zeros
-        deep = (
-            self.deep(batch.ids, batch.multi_ids, batch.dense) if self.deep is not None else zeros
-        )
+        return self.unchecked_parts(batch.ids, batch.multi_ids, batch.dense)
+
+    def unchecked_parts(
+        self, ids: Tensor, multi_ids: Sequence[Tensor], dense: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """``parts`` without the input checks, for callers whose ids are valid by construction
+        (an exported graph cannot read tensor values to range-check them)."""
+        zeros = ids.new_zeros(ids.shape[0], dtype=torch.float32)
+        multi = tuple(multi_ids)
+        wide = self.wide(ids, multi) if self.wide is not None else zeros
+        deep = self.deep(ids, multi, dense) if self.deep is not None else zeros
         if self.combine == "mean" and self.wide is not None and self.deep is not None:
             return 0.5 * wide, 0.5 * deep
         return wide, deep
