@@ -252,6 +252,44 @@ def export(
     typer.echo(f"wrote {written} (+ .preprocessor.json, .manifest.json beside it)")
 
 
+@app.command()
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by train.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    threads: Annotated[
+        int | None, typer.Option(help="Scoring threads (micro-batches of a request).")
+    ] = None,
+    users: Annotated[
+        Path | None, typer.Option(help="Users table, so /v1/recommend accepts a user_id.")
+    ] = None,
+    max_concurrency: Annotated[
+        int | None, typer.Option(help="Requests scored at once; more get a fast 503.")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Per-request timeout, seconds.")] = None,
+    micro_batch: Annotated[int | None, typer.Option(help="Rows per micro-batch.")] = None,
+) -> None:
+    """Answer HTTP scoring and recommendation requests from BUNDLE (needs widedeep\\[serve]).
+
+    Endpoints: POST /v1/score, POST /v1/recommend, GET /v1/health, GET /v1/metadata;
+    OpenAPI docs at /docs.
+
+    Example: widedeep serve runs/adult/bundle --port 8000 --threads 2
+    """
+    from widedeep.serve import serve as run_server
+
+    settings: dict[str, Any] = {
+        name: value
+        for name, value in {
+            "max_concurrency": max_concurrency,
+            "request_timeout_s": timeout,
+            "micro_batch": micro_batch,
+        }.items()
+        if value is not None
+    }
+    run_server(bundle, host=host, port=port, threads=threads, users=users, **settings)
+
+
 datasets = typer.Typer(help="Make or fetch data sets.", no_args_is_help=True)
 app.add_typer(datasets, name="datasets")
 

@@ -7,6 +7,7 @@ scored by the model in large batches. No Python-level join, no row-by-row loop.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -165,6 +166,16 @@ class PairScorer:
         self.model.eval()
         self.user_share = self._side_share(users, {n for n, o in owners.items() if o == 0})
         self.item_share = self._side_share(catalog.side, {n for n, o in owners.items() if o == 1})
+
+    def for_users(self, users: SideTable, batch_size: int | None = None) -> PairScorer:
+        """This scorer for other users: the catalog's share is reused, only the users' share
+        is computed (what a server does per request)."""
+        scorer = copy.copy(self)
+        scorer.users = users
+        scorer.batch_size = self.batch_size if batch_size is None else batch_size
+        owners = self.preprocessor.owners([users, self.catalog.side])
+        scorer.user_share = scorer._side_share(users, {n for n, o in owners.items() if o == 0})
+        return scorer
 
     @torch.no_grad()
     def _side_share(self, side: SideTable, fields: set[str]) -> tuple[Tensor, Tensor | None]:

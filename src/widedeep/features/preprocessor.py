@@ -311,22 +311,15 @@ class Preprocessor:
                 return _encode_cross(feature, tokens, self.schema)
             return value(name)
 
-        ids = (
-            np.stack([column(f.name) for f in layout.single], axis=1)
-            if layout.single
-            else np.zeros((n, 0), dtype=np.int64)
-        )
+        ids = _stack_columns([column(f.name) for f in layout.single], n, np.int64)
         multi = tuple(np.ascontiguousarray(column(f.name)).reshape(n, -1) for f in layout.multi)
-        dense = (
-            np.stack(
-                [
-                    value(name) if fields is None or name in fields else np.zeros(n)
-                    for name in layout.dense
-                ],
-                axis=1,
-            ).astype(np.float32)
-            if layout.dense
-            else np.zeros((n, 0), dtype=np.float32)
+        dense = _stack_columns(
+            [
+                value(name) if fields is None or name in fields else np.zeros(n)
+                for name in layout.dense
+            ],
+            n,
+            np.float32,
         )
         return EncodedTable(
             ids=np.ascontiguousarray(ids, dtype=np.int64),
@@ -624,12 +617,40 @@ def _cardinality(feature: Feature, state: dict[str, Any]) -> int:
 
 
 def _lookup(values: pl.Series, vocabulary: list[str]) -> tuple[IdArray, int]:
-    """Vocabulary ids (unknown -> 1, null -> 1) and how many non-null values were unseen."""
-    mapping = {value: FIRST_ID + i for i, value in enumerate(vocabulary)}
-    ids = values.replace_strict(mapping, default=UNKNOWN_ID, return_dtype=pl.Int64).to_numpy()
-    ids = np.array(ids, dtype=np.int64)  # a writable copy, not a view of polars memory
-    unseen = int(((ids == UNKNOWN_ID) & values.is_not_null().to_numpy()).sum())
+    """Vocabulary ids (unknown -> 1, null -> 1) and how many non-null values were unseen.
+
+    Arrow's hash lookup (``index_in``) is about twice as fast as polars' ``replace_strict``
+    with a Python dict on Criteo-sized vocabularies.
+    """
+    column = values.to_arrow()
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    value_set = pa.array(vocabulary, type=pa.large_string()).cast(column.type)
+    positions = pc.index_in(column, value_set=value_set)
+    ids = np.asarray(pc.fill_null(positions, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+    found = ids >= 0
+    ids += FIRST_ID
+    ids[~found] = UNKNOWN_ID
+    unseen = len(values) - values.null_count() - int(found.sum())
     return ids, unseen
+
+
+def _stack_columns(
+    columns: Sequence[NDArray[Any]], n: int, dtype: type[np.generic]
+) -> NDArray[Any]:
+    """Columns side by side as one row-major (n, len(columns)) array of ``dtype``.
+
+    Filled in blocks of rows that stay in cache: a plain ``np.stack(axis=1)`` writes each
+    column across the whole output and was 4x slower on 1M x 26 ids.
+    """
+    out = np.empty((n, len(columns)), dtype=dtype)
+    if not columns:
+        return out
+    block = 4096
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        np.stack([c[start:stop] for c in columns], axis=1, out=out[start:stop], casting="same_kind")
+    return out
 
 
 def _bucket_index(values: FloatArray, boundaries: list[float]) -> IdArray:
