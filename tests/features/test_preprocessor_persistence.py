@@ -135,3 +135,33 @@ def test_an_invalid_schema_in_saved_state_is_a_config_error(fitted: Preprocessor
 
     with pytest.raises(ConfigError, match="min_cont"):
         Preprocessor.from_dict(data)
+
+
+def test_large_tables_encode_on_threads_exactly_as_serially(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Features are fitted and encoded on threads past PARALLEL_ROWS; nothing may change."""
+    import widedeep.features.preprocessor as module
+
+    big = pl.concat([TRAIN] * 50)
+    schema = FeatureSchema.from_dict(SCHEMA)
+    monkeypatch.setattr(module, "PARALLEL_ROWS", 10**9)
+    serial = Preprocessor(schema).fit(big)
+    expected = serial.transform(pl.concat([NEW, big]))
+    monkeypatch.setattr(module, "PARALLEL_ROWS", 0)
+    threaded = Preprocessor(schema).fit(big)
+    assert threaded.to_dict() == serial.to_dict()
+    _assert_same(threaded.transform(pl.concat([NEW, big])), expected)
+
+
+def test_on_threads_the_first_bad_column_in_schema_order_is_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import widedeep.features.preprocessor as module
+
+    monkeypatch.setattr(module, "PARALLEL_ROWS", 0)
+    bad = TRAIN.with_columns(
+        pl.lit("x").alias("age"), pl.lit("y").alias("hours"), pl.lit(1.5).alias("country")
+    )
+    with pytest.raises(SchemaError, match="Column 'country'"):
+        Preprocessor(FeatureSchema.from_dict(SCHEMA)).fit(bad)

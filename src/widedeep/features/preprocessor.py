@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Callable, Collection, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -133,7 +135,9 @@ class Preprocessor:
 
     def _fit_frame(self, frame: pl.DataFrame, where: str) -> Preprocessor:
         _check_table(frame, self.schema, where, need_label=self.schema.label is not None)
-        state = {f.name: _fit_feature(f, frame, where) for f in self.schema.features}
+        features = list(self.schema.features)
+        fitted = _per_feature(lambda f: _fit_feature(f, frame, where), features, frame.height)
+        state = {f.name: f_state for f, f_state in zip(features, fitted, strict=True)}
         if self.schema.label is not None:
             _encode_labels(frame, self.schema, where)  # fails early on a bad label column
         self.state_ = state
@@ -265,22 +269,30 @@ class Preprocessor:
         report = TransformReport(rows=frame.height)
         values: dict[str, NDArray[Any]] = {}
         tokens: dict[str, _Tokens] = {}
-        names = []
-        for item in features:
-            feature = self.schema.feature(item) if isinstance(item, str) else item
-            names.append(feature.name)
+        resolved = [self.schema.feature(i) if isinstance(i, str) else i for i in features]
+
+        def encode(feature: Feature) -> tuple[Any, ColumnReport | None, _Tokens | None]:
             if isinstance(feature, NumericFeature):
-                values[feature.name] = _encode_numeric(feature, frame, state[feature.name], where)
-                continue
+                return _encode_numeric(feature, frame, state[feature.name], where), None, None
+            value, column_report, token = None, None, None
             if feature.name in in_layout:
                 column_report = ColumnReport()
-                values[feature.name] = _encode_sparse(
-                    feature, frame, state[feature.name], where, column_report
-                )
-                report.columns[feature.name] = column_report
+                value = _encode_sparse(feature, frame, state[feature.name], where, column_report)
             if feature.name in components:
-                tokens[feature.name] = _component_tokens(feature, frame, state[feature.name], where)
-        return SideTable(names=tuple(names), values=values, tokens=tokens, report=report)
+                token = _component_tokens(feature, frame, state[feature.name], where)
+            return value, column_report, token
+
+        for feature, (value, column_report, token) in zip(
+            resolved, _per_feature(encode, resolved, frame.height), strict=True
+        ):
+            if value is not None:
+                values[feature.name] = value
+            if column_report is not None:
+                report.columns[feature.name] = column_report
+            if token is not None:
+                tokens[feature.name] = token
+        names = tuple(f.name for f in resolved)
+        return SideTable(names=names, values=values, tokens=tokens, report=report)
 
     def _assemble(
         self,
@@ -633,6 +645,21 @@ def _lookup(values: pl.Series, vocabulary: list[str]) -> tuple[IdArray, int]:
     ids[~found] = UNKNOWN_ID
     unseen = len(values) - values.null_count() - int(found.sum())
     return ids, unseen
+
+
+T = TypeVar("T")
+PARALLEL_ROWS = 50_000  # below this, threads cost more than they save
+
+
+def _per_feature(work: Callable[[Any], T], features: Sequence[Any], rows: int) -> list[T]:
+    """``work`` on each feature, in order; on threads for large tables (polars, Arrow and
+    numpy release the GIL in their column kernels). The first failure, in feature order,
+    is raised, as a serial loop would."""
+    workers = min(os.cpu_count() or 1, len(features))
+    if rows < PARALLEL_ROWS or workers < 2:
+        return [work(f) for f in features]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(work, features))
 
 
 def _stack_columns(
