@@ -145,6 +145,18 @@ def test_cooccurrence_candidates_exclude_own_items_and_fill_with_popular() -> No
         assert len(set(candidates[row].tolist())) == 3
 
 
+def test_a_repeated_history_item_counts_once_as_in_fit() -> None:
+    # C co-occurs with A once and with E twice; a user with A twice and E once must still
+    # see C scored 1 + 2 (not 2 + 2) and rank it as a user with A and E once does.
+    positives = pl.concat(
+        [HISTORY, _positives([("u5", "C"), ("u5", "E"), ("u6", "C"), ("u6", "E")])]
+    )
+    model = ItemCooccurrence.fit(positives, "user_id", "item_id", CATALOG)
+    once = model.candidates(_histories({0: [0, 4]}), 3)
+    repeated = model.candidates(_histories({0: [0, 0, 4, 0]}), 3)
+    assert repeated.tolist() == once.tolist()
+
+
 def test_cooccurrence_scores_sum_over_the_users_items() -> None:
     # B co-occurs with A twice (u1, u3); C with A once and with E twice
     positives = pl.concat(

@@ -132,8 +132,10 @@ class ItemCooccurrence:
         """(U, n) candidates for users whose ``histories`` rows are (row, item position).
 
         A candidate's score is the sum of its co-occurrence counts with the user's items;
-        items already in the history are left out; popular items fill short lists.
+        items already in the history are left out; popular items fill short lists. An item
+        repeated in a history counts once, as in ``fit``.
         """
+        histories = histories.unique(subset=["row", "item"], maintain_order=True)
         users = int(histories.get_column("row").to_numpy().max()) + 1 if histories.height else 0
         scored = (
             histories.join(self.neighbors, on="item")
