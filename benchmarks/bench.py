@@ -136,6 +136,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--peer-repeats", type=int, default=None, help="runs per peer (default: --repeats)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (peers that support it)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-peers", action="store_true")
@@ -163,11 +166,16 @@ def main() -> None:
         if not args.no_peers and (name in chosen or python.exists()):
             runs[name] = (python, ROOT / "benchmarks" / "peers" / script)
     rows = []
+    rows_repeats: dict[str, int] = {}
     for name, (python, script) in runs.items():
+        repeats = args.repeats
+        if name != "widedeep" and args.peer_repeats is not None:
+            repeats = args.peer_repeats
         reports = [
             run_library(python, script, args, data, SCRATCH / f"{name}-{i}.json")
-            for i in range(args.repeats)
+            for i in range(repeats)
         ]
+        rows_repeats[name] = repeats
         rows.append(summarize(reports))
         print(f"{name}: {rows[-1]}", flush=True)
 
@@ -198,7 +206,9 @@ def main() -> None:
         f"embedding dim {args.embedding_dim}, MLP [{args.hidden}], Adam lr {args.lr}, "
         f"batch {args.batch_size}, {args.threads} threads, {args.epochs} epochs, "
         f"device {args.device}; "
-        f"throughputs are medians of {args.repeats} run(s), training after the first epoch.\n\n"
+        "throughputs are medians over runs ("
+        + ", ".join(f"{name}: {count}" for name, count in rows_repeats.items())
+        + "), training after the first epoch.\n\n"
         + result
         + "\n"
     )

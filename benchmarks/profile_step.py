@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--hashed-buckets", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -17,7 +17,14 @@ from widedeep.data.appstore import make_appstore
 from widedeep.data.batch import Batch
 from widedeep.data.datasets import load_adult
 from widedeep.data.movielens import load_movielens
-from widedeep.errors import BundleError, ConfigError, NotFittedError, SchemaError, WideDeepError
+from widedeep.errors import (
+    BundleError,
+    CheckpointError,
+    ConfigError,
+    NotFittedError,
+    SchemaError,
+    WideDeepError,
+)
 from widedeep.features.layout import FeatureLayout, SparseField
 from widedeep.features.preprocessor import EncodedTable, Preprocessor, TransformReport
 from widedeep.features.schema import (
@@ -32,10 +39,12 @@ from widedeep.features.schema import (
 )
 from widedeep.model.widedeep import WideDeep
 from widedeep.optim import FTRL
+from widedeep.promote import promote, promotion_decision
 from widedeep.ranking import RankingResult, evaluate_ranking
 from widedeep.recommend import top_k
 from widedeep.retrieval import ItemCooccurrence, MostPopular
 from widedeep.training.loop import TrainResult, train
+from widedeep.warmstart import warm_start
 
 __version__ = "0.1.0"
 
@@ -46,6 +55,7 @@ __all__ = [
     "Bundle",
     "BundleError",
     "CategoricalFeature",
+    "CheckpointError",
     "ConfigError",
     "CrossFeature",
     "DataConfig",
@@ -79,8 +89,11 @@ __all__ = [
     "load_config",
     "load_movielens",
     "make_appstore",
+    "promote",
+    "promotion_decision",
     "save_bundle",
     "top_k",
     "train",
     "verify_bundle",
+    "warm_start",
 ]

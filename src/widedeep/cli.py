@@ -38,22 +38,51 @@ def _print_metrics(title: str, metrics: dict[str, float] | None) -> None:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     config: Annotated[Path, typer.Argument(help="Run config YAML (data, schema, model, train).")],
     output: OutputDir = Path("runs/train"),
     overrides: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a config key: --set train.epochs=3 (repeatable)."),
     ] = None,
+    warm_start: Annotated[
+        Path | None,
+        typer.Option(help="Start from this bundle's weights (rows matched by value)."),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue the run in this folder from its checkpoint, exactly where it stopped "
+            "(CONFIG must match the checkpoint's).",
+        ),
+    ] = None,
 ) -> None:
     """Train a model from CONFIG and write a run directory with the bundle, metrics and plots.
 
+    A checkpoint is kept in RUN/checkpoint (every epoch, and every train.checkpoint_every
+    steps); --resume RUN continues from it with the same result as an uninterrupted run. A
+    finished run trains no further: its bundle, metrics and plots are written again.
+
     Example: widedeep train adult.yaml --output runs/adult --set train.epochs=5
+
+    Example: widedeep train adult.yaml --output runs/adult-2 --warm-start runs/adult/bundle
+
+    Example: widedeep train adult.yaml --resume runs/adult
     """
     from widedeep.config import load_config
     from widedeep.training.loop import train as run_training
 
+    if resume is not None:
+        source = ctx.get_parameter_source("output")
+        given = source is not None and source.name != "DEFAULT"
+        if given and output.resolve() != resume.resolve():
+            raise ConfigError(
+                f"--output {output} and --resume {resume} name different run directories; "
+                "--resume continues the run in its own folder"
+            )
+        output = resume
     run_config = load_config(config, overrides or [])
-    result = run_training(run_config, output)
+    result = run_training(run_config, output, warm_start_from=warm_start, resume=resume is not None)
     _report_run(result)
 
 
@@ -157,6 +186,56 @@ def _print_ranking(result: object) -> None:
         typer.echo(f"{name:<12}" + "".join(f"{metrics[key]:>14.4f}" for key in keys))
     if "gauc" in result.model:
         typer.echo(f"gAUC of the test impressions: {result.model['gauc']:.4f}")
+
+
+@app.command()
+def promote(
+    new_bundle: Annotated[Path, typer.Argument(help="The newly trained bundle.")],
+    old_bundle: Annotated[
+        Path, typer.Argument(help="The bundle in use (need not exist for a first model).")
+    ],
+    holdout: Annotated[Path, typer.Option(help="Labelled table both bundles are scored on.")],
+    metric: Annotated[
+        str | None,
+        typer.Option(help="Deciding metric: auc, accuracy, logloss, ece; rmse, mae."),
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="How much worse than the old bundle the new one may be.")
+    ] = 0.0,
+    target: Annotated[
+        Path | None, typer.Option(help="Install the new bundle here when it is promoted.")
+    ] = None,
+) -> None:
+    """Promote NEW_BUNDLE if it scores no worse than OLD_BUNDLE on the holdout.
+
+    The metric defaults to auc (binary) or rmse (regression); for a lower-is-better metric
+    the new bundle must score at most old + tolerance, else at least old - tolerance. The
+    decision is written to promotion.json beside NEW_BUNDLE; with --target, a promoted
+    bundle is installed there atomically (the replaced one kept as TARGET.previous).
+
+    Exit status: 0 promoted, 1 refused, 2 error.
+
+    Example: widedeep promote runs/day2/bundle serving/bundle --holdout holdout.parquet
+    --metric auc --tolerance 0.002 --target serving/bundle
+    """
+    from widedeep.promote import promote as run_promotion
+
+    decision = run_promotion(
+        new_bundle, old_bundle, holdout, target=target, metric=metric, tolerance=tolerance
+    )
+    direction = "higher" if decision.higher_is_better else "lower"
+    typer.echo(f"metric: {decision.metric} ({direction} is better), tolerance {tolerance:g}")
+    typer.echo(f"new: {decision.new_value:.6f}  {decision.new_bundle}")
+    if decision.old_value is None:
+        typer.echo(f"old: none  ({old_bundle} does not exist)")
+    else:
+        typer.echo(f"old: {decision.old_value:.6f}  {decision.old_bundle}")
+    typer.echo(f"{'promoted' if decision.promoted else 'refused'}: {decision.reason}")
+    if decision.installed is not None:
+        typer.echo(f"installed at {decision.installed}")
+    typer.echo(f"record: {decision.record}")
+    if not decision.promoted:
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -288,6 +367,42 @@ def serve(
         if value is not None
     }
     run_server(bundle, host=host, port=port, threads=threads, users=users, **settings)
+
+
+@app.command("bench-serve")
+def bench_serve(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by train.")],
+    requests: Annotated[int, typer.Option(help="Timed requests per layout.")] = 200,
+    threads_batches: Annotated[
+        str, typer.Option(help="Layouts THREADSxMICRO_BATCH for the largest candidate count.")
+    ] = "1x200,2x100,4x50",
+    candidates: Annotated[str, typer.Option(help="Rows per request, comma separated.")] = "200,50",
+    data: Annotated[
+        Path | None, typer.Option(help="Table to cut requests from (default: the test split).")
+    ] = None,
+) -> None:
+    """Print /v1/score latency (p50, p99, requests/s) per layout, as the paper's Table 2.
+
+    Requests go through the serving app in-process (no sockets); at smaller candidate counts
+    each layout keeps its threads and micro-batches per request (4x50 -> 4x13 at 50).
+
+    Example: widedeep bench-serve runs/demo/bundle --candidates 200,50
+    """
+    from widedeep import serve_bench as sb
+    from widedeep.bundle import load_bundle
+
+    layouts = sb.parse_layouts(threads_batches, "--threads-batches")
+    counts = sb.parse_counts(candidates, "--candidates")
+    if requests < 1:
+        raise ConfigError(f"--requests must be at least 1, got {requests}")
+    loaded = load_bundle(bundle)
+    table = sb.request_table(loaded, data)
+    typer.echo(f"bundle:   {bundle}")
+    typer.echo(f"requests: {requests} timed per layout (after 20 warm-up), rows {table.source}")
+    typer.echo(f"path:     {sb.PATH}")
+    typer.echo(f"machine:  {sb.machine()}")
+    typer.echo("settings: torch threads = cores // threads (as widedeep serve); else defaults\n")
+    typer.echo(sb.format_table(sb.bench_serve(loaded, table, layouts, counts, requests=requests)))
 
 
 datasets = typer.Typer(help="Make or fetch data sets.", no_args_is_help=True)

@@ -137,6 +137,10 @@ class TrainConfig(Record):
     deep_optimizer: OptimizerConfig = OptimizerConfig(name="adagrad", lr=0.05)
     early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
     progress: bool = True
+    # A checkpoint (RUN_DIR/checkpoint/) is written at the end of every epoch, and also
+    # every this many optimizer steps when set. Off by default: a checkpoint holds the model
+    # and its optimizer state (about 3x the weights), written and fsynced each time.
+    checkpoint_every: Annotated[int, Field(ge=1)] | None = None
 
     @field_validator("device")
     @classmethod

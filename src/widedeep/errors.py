@@ -6,7 +6,8 @@ Every message says what was expected, what was found, and where (file, column, r
     ├── ConfigError          a config, schema document or argument is invalid (all problems at once)
     ├── SchemaError          a table does not match the schema (names the column, row, dtype)
     ├── NotFittedError       a preprocessor was used before ``fit``
-    └── BundleError          a saved bundle is missing, changed, truncated or of another version
+    ├── BundleError          a saved bundle is missing, changed, truncated or of another version
+    └── CheckpointError      a training checkpoint is missing, changed or unreadable
 """
 
 from __future__ import annotations
@@ -30,3 +31,7 @@ class NotFittedError(WideDeepError, RuntimeError):
 
 class BundleError(WideDeepError, RuntimeError):
     """A saved model bundle cannot be loaded as it is."""
+
+
+class CheckpointError(WideDeepError, RuntimeError):
+    """A checkpoint is missing, changed since it was written, or unreadable."""

@@ -68,3 +68,16 @@ def test_training_on_cuda_learns_as_on_cpu(tmp_path: Path, monkeypatch: pytest.M
     # Same seed and batches; kernels differ (atomics, reductions), so close, not equal.
     assert abs(cpu["auc"] - gpu["auc"]) < 0.01
     assert gpu["auc"] > 0.75
+
+
+@pytest.mark.parametrize("name", ["adam", "adagrad"])
+def test_every_dense_optimizer_steps_on_the_gpu(name: str) -> None:
+    from widedeep.config import OptimizerConfig
+    from widedeep.training.optimizers import _dense
+
+    layer = torch.nn.Linear(4, 2).cuda()
+    optimizer = _dense(OptimizerConfig(name=name, lr=0.1), list(layer.parameters()))
+    layer(torch.ones(3, 4, device="cuda")).sum().backward()
+    before = layer.weight.detach().clone()
+    optimizer.step()
+    assert not torch.equal(before, layer.weight)

@@ -121,6 +121,7 @@ class Preprocessor:
     def __init__(self, schema: FeatureSchema) -> None:
         self.schema = schema
         self.state_: dict[str, dict[str, Any]] | None = None
+        self._layout_of: tuple[object, FeatureLayout] | None = None  # (state it was made from)
 
     # ----------------------------------------------------------------------------- fitting
     def fit(self, source: TableSource) -> Preprocessor:
@@ -346,6 +347,12 @@ class Preprocessor:
     def layout(self) -> FeatureLayout:
         """The encoded columns this preprocessor produces (needs ``fit``)."""
         state = self._check_fitted()
+        if self._layout_of is not None and self._layout_of[0] is state:
+            return self._layout_of[1]  # every transform asks; serving asks per request
+        self._layout_of = (state, self._make_layout(state))
+        return self._layout_of[1]
+
+    def _make_layout(self, state: dict[str, dict[str, Any]]) -> FeatureLayout:
         wide, deep = set(self.schema.wide_names), set(self.schema.deep_names)
         single: list[SparseField] = []
         multi: list[SparseField] = []
@@ -475,8 +482,13 @@ def _numbers(frame: pl.DataFrame, column: str, where: str, feature_name: str) ->
         raise SchemaError(
             f"Column '{column}' of {where}: feature '{feature_name}' expects numbers, got {dtype}"
         )
-    values = series.cast(pl.Float64).fill_null(float("nan")).to_numpy()
-    values = np.asarray(values, dtype=np.float64)
+    if dtype.is_float() or dtype.is_integer():
+        # No polars expression: to_numpy gives NaN for nulls (ints with nulls as float64),
+        # and a small request's table is not charged an expression's fixed cost per column.
+        values = np.asarray(series.to_numpy(), dtype=np.float64)
+    else:
+        values = series.cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        values = np.asarray(values, dtype=np.float64)
     infinite = np.isinf(values)
     if infinite.any():
         row = int(np.flatnonzero(infinite)[0])
@@ -628,6 +640,22 @@ def _cardinality(feature: Feature, state: dict[str, Any]) -> int:
 # ------------------------------------------------------------------------------ encoding
 
 
+_VALUE_SETS: dict[int, tuple[list[str], pa.Array]] = {}
+
+
+def _value_set(vocabulary: list[str]) -> pa.Array:
+    """The vocabulary as an Arrow array, built once per vocabulary list (a server encodes a
+    few rows per request; rebuilding a million-value array each time would dominate)."""
+    cached = _VALUE_SETS.get(id(vocabulary))
+    if cached is not None and cached[0] is vocabulary:
+        return cached[1]
+    array = pa.array(vocabulary, type=pa.large_string())
+    if len(_VALUE_SETS) >= 256:  # bounded: many short-lived preprocessors (tests, sweeps)
+        _VALUE_SETS.clear()
+    _VALUE_SETS[id(vocabulary)] = (vocabulary, array)
+    return array
+
+
 def _lookup(values: pl.Series, vocabulary: list[str]) -> tuple[IdArray, int]:
     """Vocabulary ids (unknown -> 1, null -> 1) and how many non-null values were unseen.
 
@@ -637,7 +665,9 @@ def _lookup(values: pl.Series, vocabulary: list[str]) -> tuple[IdArray, int]:
     column = values.to_arrow()
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    value_set = pa.array(vocabulary, type=pa.large_string()).cast(column.type)
+    value_set = _value_set(vocabulary)
+    if value_set.type != column.type:
+        column = column.cast(value_set.type)
     positions = pc.index_in(column, value_set=value_set)
     ids = np.asarray(pc.fill_null(positions, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
     found = ids >= 0

@@ -3,6 +3,9 @@
 ``train`` is the one entry point the CLI and the Python API share. The loop is plain:
 forward, loss, backward, one step per part's optimizer; validation metrics each epoch; early
 stopping with the best weights restored; everything written to a run directory.
+A checkpoint (``RUN_DIR/checkpoint/``, see ``widedeep.training.checkpoint``) is written at
+the end of every epoch and every ``train.checkpoint_every`` steps; ``train(..., resume=True)``
+continues from it exactly.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
-from widedeep.bundle import build_model, evaluate_predictions, save_bundle
+from widedeep.bundle import build_model, evaluate_predictions, load_bundle, save_bundle
 from widedeep.config import RunConfig
 from widedeep.data.sources import Splits, load_splits
 from widedeep.data.tensors import TensorTable
@@ -35,7 +40,18 @@ from widedeep.metrics import calibration
 from widedeep.model.widedeep import WideDeep
 from widedeep.plots import plot_history, plot_reliability
 from widedeep.retrieval import ItemCooccurrence, MostPopular
+from widedeep.training.checkpoint import (
+    Position,
+    RunState,
+    check_config,
+    check_data,
+    load_checkpoint,
+    restore,
+    save_checkpoint,
+    table_fingerprint,
+)
 from widedeep.training.optimizers import build_optimizers, use_sparse_gradients
+from widedeep.warmstart import seed_ftrl_state, warm_start
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +122,39 @@ class EarlyStopping:
         self.bad_epochs += 1
         return self.bad_epochs >= self.patience
 
+    def state(self) -> dict[str, Any]:
+        """The scalars a checkpoint keeps (the best weights are ``best_state``)."""
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
 
-def train(config: RunConfig, output_dir: str | Path) -> TrainResult:
-    """Train a model as ``config`` says; write the run directory under ``output_dir``."""
+    def load_state(self, state: dict[str, Any], best_state: dict[str, torch.Tensor] | None) -> None:
+        """Continue from what ``state`` and ``best_state`` recorded."""
+        self.best, self.best_epoch = state["best"], int(state["best_epoch"])
+        self.bad_epochs = int(state["bad_epochs"])
+        self.best_state = best_state
+
+
+def train(
+    config: RunConfig,
+    output_dir: str | Path,
+    warm_start_from: str | Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train a model as ``config`` says; write the run directory under ``output_dir``.
+
+    ``warm_start_from``: a bundle whose weights the new model starts from (rows matched by
+    value, see ``widedeep.warmstart``); what was copied is written to ``warm_start.json``
+    and under "warm_start" in ``metrics.json``.
+
+    ``resume``: continue the run in ``output_dir`` from its checkpoint where it stopped
+    (weights, optimizer states, the epoch's batch order and position, random states, early
+    stopping, history), so it ends with the weights of a run never interrupted. The config
+    must match the checkpoint's in everything that changes training (a ConfigError names
+    each key; ``train.epochs`` may grow). A run that had finished trains no further: its
+    bundle, metrics and plots are written again from the checkpoint. A warm-started run
+    resumes from its checkpoint; ``warm_start_from`` may be left out, or be the same bundle.
+    """
     run_dir = Path(output_dir)
+    resumed = load_checkpoint(run_dir) if resume else None
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = config.train
     if settings.threads is not None:
@@ -119,21 +164,38 @@ def train(config: RunConfig, output_dir: str | Path) -> TrainResult:
     # explicitly also silences torch's per-step warning about the unchecked default.
     torch.sparse.check_sparse_tensor_invariants.disable()
     device = resolve_device(settings.device)
+    if resumed is not None:
+        check_config(resumed, config, str(device))
+        _check_warm_start(resumed.run, warm_start_from)
     label = config.feature_schema.label
     assert label is not None
     objective = label.objective
 
     splits = load_splits(config.data, label)
+    preprocess_start = time.perf_counter()
     preprocessor = Preprocessor(config.feature_schema)
     train_table = TensorTable.from_encoded(preprocessor.fit_transform(splits.train))
+    preprocess_seconds = time.perf_counter() - preprocess_start
     validation_encoded = preprocessor.transform(splits.validation, with_labels=True)
     validation_table = TensorTable.from_encoded(validation_encoded)
     if validation_encoded.report.notable():
         log.info("validation data: %s", validation_encoded.report)
+    data = {
+        "train": table_fingerprint(train_table),
+        "validation": table_fingerprint(validation_table),
+    }
+    if resumed is not None:
+        check_data(resumed, data)
 
     sparse = use_sparse_gradients(config.model)
     model = build_model(config, preprocessor, sparse_gradients=sparse).to(device)
+    warm_report = None
+    if warm_start_from is not None and resumed is None:
+        warm_report = warm_start(model, preprocessor, load_bundle(warm_start_from))
+        (run_dir / "warm_start.json").write_text(json.dumps(warm_report.to_dict(), indent=1))
     optimizers = build_optimizers(model, settings, sparse_tables=sparse)
+    if warm_report is not None:
+        seed_ftrl_state(optimizers)  # FTRL would otherwise re-derive the copied wide weights
     stop_metric = config.early_stopping_metric
     stopper = None
     if settings.early_stopping is not None and stop_metric is not None:
@@ -142,18 +204,51 @@ def train(config: RunConfig, output_dir: str | Path) -> TrainResult:
         )
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
-    history: list[dict[str, Any]] = []
+    if resumed is None:
+        run = RunState(
+            config=config.to_dict(),
+            device=str(device),
+            data=data,
+            position=Position.epoch_start(1, generator, device),
+            warm_start=None if warm_report is None else warm_report.to_dict(),
+        )
+    else:
+        # After building the model: its initialization drew from the RNGs this restores.
+        restore(resumed, model, optimizers)
+        run = resumed.run
+        run.config = config.to_dict()  # the same, up to settings that change no result
+        run.position.loss_sum = run.position.loss_sum.to(device)
+        if stopper is not None and run.early_stopping is not None:
+            stopper.load_state(run.early_stopping, run.best_state)
+        if run.history:
+            _write_history(run_dir, run.history)
+        if run.finished(settings.epochs):
+            log.info(
+                "%s: the run had finished (%d epochs trained); nothing left to train, writing "
+                "its bundle, metrics and plots again",
+                run_dir,
+                len(run.history),
+            )
+    history = run.history
+
+    def checkpoint() -> None:
+        if stopper is not None:
+            run.early_stopping, run.best_state = stopper.state(), stopper.best_state
+        save_checkpoint(run_dir, run, model, optimizers)
+
     placed_table = train_table.place(device)
-    for epoch in range(1, settings.epochs + 1):
-        train_loss, seconds = _train_epoch(
-            model, placed_table, optimizers, settings.batch_size, generator, device, epoch, settings
+    while not run.finished(settings.epochs):
+        position = run.position
+        epoch = position.epoch
+        train_loss = _train_epoch(
+            model, placed_table, optimizers, generator, device, position, settings, checkpoint
         )
         _, report = _evaluate(model, validation_table, settings.eval_batch_size, device)
         row: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": train_loss,
-            "seconds": round(seconds, 3),
-            "samples_per_s": round(len(train_table) / seconds, 1),
+            "seconds": round(position.seconds, 3),
+            "samples_per_s": round(len(train_table) / position.seconds, 1),
             **{f"validation_{k}": v for k, v in report.items()},
         }
         history.append(row)
@@ -161,8 +256,10 @@ def train(config: RunConfig, output_dir: str | Path) -> TrainResult:
         if settings.progress:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in report.items() if k in _SHOWN)
             tqdm.write(f"epoch {epoch}: train loss {train_loss:.4f}, {shown}")
-        if stopper is not None and stopper.update(epoch, report[stopper.metric], model):
-            break
+        if stopper is not None:
+            run.stopped = stopper.update(epoch, report[stopper.metric], model)
+        run.position = Position.epoch_start(epoch + 1, generator, device)
+        checkpoint()
 
     best_epoch = len(history)
     if stopper is not None and stopper.best_state is not None:
@@ -184,6 +281,7 @@ def train(config: RunConfig, output_dir: str | Path) -> TrainResult:
     model.cpu()
     metrics = {
         "best_epoch": best_epoch,
+        "preprocess_seconds": round(preprocess_seconds, 3),
         "validation": validation_metrics,
         "test": test_metrics,
         "rows": {
@@ -192,6 +290,8 @@ def train(config: RunConfig, output_dir: str | Path) -> TrainResult:
             "test": 0 if test_table is None else len(test_table),
         },
     }
+    if run.warm_start is not None:
+        metrics["warm_start"] = run.warm_start
     tables = None
     if splits.rec is not None:
         assert train_table.labels is not None
@@ -241,6 +341,19 @@ def train_ablation(config: RunConfig, output_dir: str | Path) -> dict[str, Train
     return results
 
 
+def _check_warm_start(run: RunState, warm_start_from: str | Path | None) -> None:
+    """On resume, a warm-start bundle may be repeated but not added or changed."""
+    if warm_start_from is None:
+        return
+    source = None if run.warm_start is None else run.warm_start.get("source")
+    if source is None or Path(source).resolve() != Path(warm_start_from).resolve():
+        started = "from " + str(source) if source is not None else "without a warm start"
+        raise ConfigError(
+            f"warm_start_from: the checkpointed run started {started}, resuming it asks "
+            f"for {warm_start_from}"
+        )
+
+
 def _evaluate(
     model: WideDeep, table: TensorTable, batch_size: int, device: torch.device
 ) -> tuple[np.ndarray, dict[str, float]]:
@@ -255,29 +368,40 @@ def _train_epoch(
     model: WideDeep,
     table: TensorTable,
     optimizers: list[torch.optim.Optimizer],
-    batch_size: int,
     generator: torch.Generator,
     device: torch.device,
-    epoch: int,
+    position: Position,
     settings: Any,
-) -> tuple[float, float]:
-    """One pass over the shuffled training table; returns (mean loss, seconds)."""
+    checkpoint: Callable[[], None],
+) -> float:
+    """The rest of one pass over the shuffled training table; returns the epoch's mean loss.
+
+    ``position`` says where in the epoch to start (its first batch on a fresh epoch) and is
+    advanced batch by batch: the epoch's order is redrawn from the generator state it holds
+    and the batches already trained are skipped. ``checkpoint`` is called every
+    ``settings.checkpoint_every`` steps, counted from the run's start, except after the
+    epoch's last step (the caller checkpoints after validating the epoch).
+    """
     model.train()
     regularized = model.embed_reg > 0 or model.w_reg > 0
+    batch_size, every = settings.batch_size, settings.checkpoint_every
     n_batches = (len(table) + batch_size - 1) // batch_size
-    # Summed on the device: reading the loss back each step would stall a GPU.
-    total_loss = torch.zeros((), dtype=torch.float64, device=device)
-    seen = 0
-    start = time.perf_counter()
+    first_step = (position.epoch - 1) * n_batches  # steps of the run before this epoch
+    generator.set_state(position.generator_state)
+    batches = table.batches(batch_size, shuffle=True, generator=generator)
+    # Summed on the device (``position.loss_sum``): reading the loss back each step would
+    # stall a GPU.
+    start, seconds_before, samples_before = time.perf_counter(), position.seconds, position.samples
     bar = tqdm(
-        table.batches(batch_size, shuffle=True, generator=generator),
+        islice(batches, position.step, None),
         total=n_batches,
-        desc=f"epoch {epoch}",
+        initial=position.step,
+        desc=f"epoch {position.epoch}",
         unit="batch",
         disable=not settings.progress,
         leave=False,
     )
-    for step, batch in enumerate(bar, start=1):
+    for step, batch in enumerate(bar, start=position.step + 1):
         batch = batch.to(device, non_blocking=True)
         assert batch.labels is not None
         logits = model.logits(batch)
@@ -288,17 +412,22 @@ def _train_epoch(
         total.backward()
         for optimizer in optimizers:
             optimizer.step()
-        total_loss += loss.detach().double() * len(batch)
-        seen += len(batch)
+        position.loss_sum += loss.detach().double() * len(batch)
+        position.samples += len(batch)
+        position.step = step
+        if every is not None and (first_step + step) % every == 0 and step < n_batches:
+            position.seconds = seconds_before + time.perf_counter() - start
+            checkpoint()
         if settings.progress and (step % 20 == 0 or step == n_batches):
             elapsed = time.perf_counter() - start
             bar.set_postfix(
-                loss=f"{(total_loss / seen).item():.4f}", samples_s=f"{seen / elapsed:,.0f}"
+                loss=f"{(position.loss_sum / position.samples).item():.4f}",
+                samples_s=f"{(position.samples - samples_before) / elapsed:,.0f}",
             )
     bar.close()
-    mean_loss = float(total_loss / max(seen, 1))  # waits for the device's last step
-    seconds = time.perf_counter() - start
-    return mean_loss, seconds
+    mean_loss = float(position.loss_sum / max(position.samples, 1))  # waits for the device
+    position.seconds = seconds_before + time.perf_counter() - start
+    return mean_loss
 
 
 def recommendation_tables(
