@@ -79,7 +79,10 @@ class LazyAdam(Optimizer):
                     exp_avg.index_copy_(0, rows, m)
                     exp_avg_sq.index_copy_(0, rows, v)
                     denom = v.sqrt_().div_(root_bc2).add_(group["eps"])
-                    param.index_add_(0, rows, m.div_(denom), alpha=-size)
+                    # rows are distinct: gather, update, write back (index_add_ handles
+                    # duplicates one index at a time and was 2x slower here)
+                    weights = param.index_select(0, rows).add_(m.div_(denom), alpha=-size)
+                    param.index_copy_(0, rows, weights)
                 else:
                     grad = param.grad
                     exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
@@ -117,7 +120,8 @@ class LazyAdagrad(Optimizer):
                     s = total.index_select(0, rows).addcmul_(grad, grad)
                     total.index_copy_(0, rows, s)
                     update = grad / s.sqrt_().add_(group["eps"])
-                    param.index_add_(0, rows, update, alpha=-group["lr"])
+                    weights = param.index_select(0, rows).add_(update, alpha=-group["lr"])
+                    param.index_copy_(0, rows, weights)
                 else:
                     grad = param.grad
                     total.addcmul_(grad, grad)
