@@ -5,8 +5,8 @@
 
 Each point is one ``run_widedeep.py`` process (1 epoch, MLP [256,128], batch 1024, Adam) on
 the synthetic Criteo-shaped data of ``make_ctr``. Rows sweep: the 26 C fields as vocabularies.
-Vocabulary sweep: the C fields hashed into N buckets each (26 x N ids, 26 x N x 16 floats of
-embeddings plus Adam's two moments). Writes benchmarks/SCALING.md.
+Vocabulary sweep: the C fields hashed into N ids in all (N / 26 buckets per field; N x 16
+floats of embeddings plus Adam's two moments). Writes benchmarks/SCALING.md.
 
 Reported beside each point: seconds per million rows (constant if cost is linear in rows),
 the encoded training data's size, and the model's size (weights + optimizer state), so that
@@ -86,9 +86,9 @@ def main() -> None:
         lines.append(row("rows", rows, point(data(rows, args.test_rows), args.threads)))
         print(lines[-1], flush=True)
     files = data(args.bucket_rows, args.test_rows)
-    for buckets in [int(b) for b in args.buckets.split(",") if b]:
-        report = point(files, args.threads, buckets)
-        lines.append(row(f"hashed {buckets:,}/field", args.bucket_rows, report))
+    for total in [int(b) for b in args.buckets.split(",") if b]:
+        report = point(files, args.threads, max(1, total // 26))
+        lines.append(row(f"hashed, {total:,} ids", args.bucket_rows, report))
         print(lines[-1], flush=True)
     command = ("python benchmarks/scaling.py " + " ".join(sys.argv[1:])).strip()
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}"

@@ -61,7 +61,9 @@ class ServeSettings:
     max_body_bytes: int = 1 << 20
     max_rows: int = 10_000
     max_candidates: int = 1_000
-    max_concurrency: int = 8  # requests in flight; one more gets a 503
+    # Requests in flight; one more gets a 503. As many as there are cores: on 2 cores, 2 met
+    # p99 <= 14 ms at 100 req/s where 4 and 8 queued in the GIL (benchmarks/SERVE_RESULTS.md).
+    max_concurrency: int = field(default_factory=lambda: max(2, os.cpu_count() or 1))
     request_timeout_s: float = 2.0
     threads: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     micro_batch: int = 512  # rows per micro-batch; a request's batches run on `threads`
