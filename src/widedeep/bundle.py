@@ -12,7 +12,6 @@ never unpickles anything: JSON and safetensors only. Serving sees exactly what t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from widedeep.data.tensors import TensorTable
 from widedeep.errors import BundleError, ConfigError, SchemaError
 from widedeep.features.preprocessor import Preprocessor, TransformReport
 from widedeep.inference import predict, predict_parts
+from widedeep.manifest import check_files, file_entries, read_manifest
 from widedeep.metrics import binary_report, regression_report
 from widedeep.model.widedeep import WideDeep
 from widedeep.tables import TableSource, describe_source
@@ -142,14 +142,6 @@ class Bundle:
         return frame.with_columns(pl.Series(column, scores))
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_bundle(
     path: str | Path,
     model: WideDeep,
@@ -179,61 +171,22 @@ def save_bundle(
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "files": {
-            name: {"sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size}
-            for name in (*CONTENT_FILES, *extra)
-        },
+        "files": file_entries(folder, (*CONTENT_FILES, *extra)),
         "metrics": metrics or {},
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return folder
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    if not folder.is_dir():
-        raise BundleError(f"{folder}: no bundle folder there")
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{folder}: not a bundle ({MANIFEST} is missing)") from None
-    except json.JSONDecodeError as error:
-        raise BundleError(f"{folder / MANIFEST}: not valid JSON ({error})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{folder / MANIFEST}: not a widedeep bundle manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(
-            f"{folder}: bundle format version {manifest.get('format_version')!r}, "
-            f"this widedeep reads version {FORMAT_VERSION}"
-        )
-    return manifest
-
-
 def verify_bundle(path: str | Path) -> dict[str, Any]:
     """Check every file against the manifest; return the manifest or raise BundleError."""
     folder = Path(path)
-    manifest = _read_manifest(folder)
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: no bundle folder there")
+    manifest = read_manifest(folder / MANIFEST, "bundle", FORMAT, FORMAT_VERSION, BundleError)
     files = manifest.get("files", {})
-    if not isinstance(files, dict):
-        raise BundleError(f"{folder / MANIFEST}: 'files' is not a mapping")
-    for name in (*CONTENT_FILES, *(f for f in files if f not in CONTENT_FILES)):
-        if "/" in name or "\\" in name or name.startswith("."):
-            raise BundleError(f"{folder / MANIFEST}: unsafe file name {name!r}")
-        expected = files.get(name)
-        file = folder / name
-        if not isinstance(expected, dict):
-            raise BundleError(f"{folder / MANIFEST}: no entry for '{name}'")
-        if not file.is_file():
-            raise BundleError(f"{folder}: '{name}' is missing")
-        size = file.stat().st_size
-        if size != expected.get("bytes"):
-            raise BundleError(
-                f"{file}: {size} bytes, the manifest says {expected.get('bytes')} "
-                "(truncated or replaced since it was saved)"
-            )
-        if file_sha256(file) != expected.get("sha256"):
-            raise BundleError(
-                f"{file}: its SHA-256 differs from the manifest's (changed since it was saved)"
-            )
+    names = (*CONTENT_FILES, *(f for f in files if f not in CONTENT_FILES))
+    check_files(folder, folder / MANIFEST, files, names, BundleError)
     return manifest
 
 

@@ -63,10 +63,10 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from widedeep.bundle import PREPROCESSOR, WEIGHTS, load_bundle, package_version
-from widedeep.bundle import file_sha256 as sha256
 from widedeep.errors import BundleError, ConfigError, SchemaError
 from widedeep.features.layout import FeatureLayout
 from widedeep.features.preprocessor import EncodedTable, Preprocessor
+from widedeep.manifest import check_files, file_entries, read_manifest
 from widedeep.model.widedeep import WideDeep
 from widedeep.tables import TableSource
 
@@ -176,7 +176,7 @@ def export_bundle(bundle_dir: str | Path, format: ExportFormat, output: str | Pa
             "created_utc": bundle.manifest.get("created_utc"),
             "weights_sha256": bundle.manifest["files"][WEIGHTS]["sha256"],
         },
-        "files": {f.name: {"sha256": sha256(f), "bytes": f.stat().st_size} for f in files},
+        "files": file_entries(target.parent, [f.name for f in files]),
     }
     manifest_file = target.with_name(target.name + MANIFEST_SUFFIX)
     manifest_file.write_text(json.dumps(manifest, indent=1, sort_keys=True))
@@ -478,21 +478,13 @@ def _read_export_manifest(model_file: Path) -> dict[str, Any]:
     manifest_file = model_file.with_name(model_file.name + MANIFEST_SUFFIX)
     if not model_file.is_file():
         raise BundleError(f"{model_file}: no exported model there")
-    try:
-        manifest = json.loads(manifest_file.read_text())
-    except FileNotFoundError:
+    if not manifest_file.is_file():
         raise BundleError(
             f"{model_file}: not a widedeep export ({manifest_file.name} is missing beside it)"
-        ) from None
-    except json.JSONDecodeError as error:
-        raise BundleError(f"{manifest_file}: not valid JSON ({error})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
-        raise BundleError(f"{manifest_file}: not a widedeep export manifest")
-    if manifest.get("format_version") != EXPORT_FORMAT_VERSION:
-        raise BundleError(
-            f"{manifest_file}: export format version {manifest.get('format_version')!r}, "
-            f"this widedeep reads version {EXPORT_FORMAT_VERSION}"
         )
+    manifest = read_manifest(
+        manifest_file, "export", EXPORT_FORMAT, EXPORT_FORMAT_VERSION, BundleError
+    )
     if manifest.get("program") not in FORMATS:
         raise BundleError(f"{manifest_file}: unknown program {manifest.get('program')!r}")
     if manifest.get("model_file") != model_file.name:
@@ -503,14 +495,5 @@ def _read_export_manifest(model_file: Path) -> dict[str, Any]:
     files = manifest.get("files")
     if not isinstance(files, dict) or manifest.get("preprocessor_file") not in files:
         raise BundleError(f"{manifest_file}: 'files' does not list the model and preprocessor")
-    for name, expected in files.items():
-        if "/" in name or "\\" in name or name.startswith("."):
-            raise BundleError(f"{manifest_file}: unsafe file name {name!r}")
-        file = model_file.parent / name
-        if not file.is_file():
-            raise BundleError(f"{model_file.parent}: '{name}' is missing")
-        if not isinstance(expected, dict) or file.stat().st_size != expected.get("bytes"):
-            raise BundleError(f"{file}: its size differs from the manifest's (truncated?)")
-        if sha256(file) != expected.get("sha256"):
-            raise BundleError(f"{file}: its SHA-256 differs from the manifest's (changed?)")
+    check_files(model_file.parent, manifest_file, files, list(files), BundleError)
     return manifest

@@ -57,10 +57,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from widedeep.bundle import file_sha256, package_version
+from widedeep.bundle import package_version
 from widedeep.config import RunConfig
 from widedeep.data.tensors import TensorTable
 from widedeep.errors import CheckpointError, ConfigError
+from widedeep.manifest import check_files, file_entries, read_manifest
 
 FORMAT = "widedeep-checkpoint"
 FORMAT_VERSION = 1
@@ -272,10 +273,7 @@ def _manifest(folder: Path, files: list[str]) -> dict[str, Any]:
         "widedeep_version": package_version(),
         "torch_version": torch.__version__,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "files": {
-            name: {"sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size}
-            for name in files
-        },
+        "files": file_entries(folder, files),
     }
 
 
@@ -341,41 +339,17 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
 
 def _verify(folder: Path) -> dict[str, Any]:
     """Check the manifest and every file it lists; return its "files" entry."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{folder}: not a checkpoint ({MANIFEST} is missing)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{folder / MANIFEST}: not valid JSON ({error})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{folder / MANIFEST}: not a widedeep checkpoint manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{folder}: checkpoint format version {manifest.get('format_version')!r}, this "
-            f"widedeep reads version {FORMAT_VERSION}"
-        )
+    manifest = read_manifest(
+        folder / MANIFEST, "checkpoint", FORMAT, FORMAT_VERSION, CheckpointError
+    )
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise CheckpointError(f"{folder / MANIFEST}: 'files' is not a mapping")
     unknown = sorted(set(files) - {*REQUIRED_FILES, BEST_MODEL})
     if unknown:
         raise CheckpointError(f"{folder / MANIFEST}: unexpected file names {unknown}")
-    for name in (*REQUIRED_FILES, *([BEST_MODEL] if BEST_MODEL in files else [])):
-        expected, file = files.get(name), folder / name
-        if not isinstance(expected, dict):
-            raise CheckpointError(f"{folder / MANIFEST}: no entry for '{name}'")
-        if not file.is_file():
-            raise CheckpointError(f"{folder}: '{name}' is missing")
-        size = file.stat().st_size
-        if size != expected.get("bytes"):
-            raise CheckpointError(
-                f"{file}: {size} bytes, the manifest says {expected.get('bytes')} "
-                "(truncated or replaced since it was written)"
-            )
-        if file_sha256(file) != expected.get("sha256"):
-            raise CheckpointError(
-                f"{file}: its SHA-256 differs from the manifest's (changed since it was written)"
-            )
+    names = (*REQUIRED_FILES, *([BEST_MODEL] if BEST_MODEL in files else []))
+    check_files(folder, folder / MANIFEST, files, names, CheckpointError)
     return files
 
 
