@@ -68,8 +68,12 @@ def train(
     Example: widedeep train adult.yaml --output runs/adult-2 --warm-start runs/adult/bundle
 
     Example: widedeep train adult.yaml --resume runs/adult
+
+    Example (data-parallel, 2 processes): torchrun --nproc-per-node 2 -m widedeep train
+    adult.yaml --output runs/adult
     """
     from widedeep.config import load_config
+    from widedeep.training.distributed import is_main
     from widedeep.training.loop import train as run_training
 
     if resume is not None:
@@ -83,7 +87,8 @@ def train(
         output = resume
     run_config = load_config(config, overrides or [])
     result = run_training(run_config, output, warm_start_from=warm_start, resume=resume is not None)
-    _report_run(result)
+    if is_main():  # under torchrun, rank 0 reports the run it wrote
+        _report_run(result)
 
 
 def _report_run(result: object) -> None:

@@ -6,6 +6,8 @@ stopping with the best weights restored; everything written to a run directory.
 A checkpoint (``RUN_DIR/checkpoint/``, see ``widedeep.training.checkpoint``) is written at
 the end of every epoch and every ``train.checkpoint_every`` steps; ``train(..., resume=True)``
 continues from it exactly.
+Under torchrun the same call trains data-parallel (``widedeep.training.distributed``): each
+rank trains its slice of every global batch, and only rank 0 writes the run directory.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tqdm.auto import tqdm
 
 from widedeep.bundle import build_model, evaluate_predictions, load_bundle, save_bundle
 from widedeep.config import RunConfig
+from widedeep.data.batch import Batch
 from widedeep.data.sources import Splits, load_splits
 from widedeep.data.tensors import TensorTable
 from widedeep.errors import ConfigError
@@ -40,6 +43,7 @@ from widedeep.metrics import calibration
 from widedeep.model.widedeep import WideDeep
 from widedeep.plots import plot_history, plot_reliability
 from widedeep.retrieval import ItemCooccurrence, MostPopular
+from widedeep.training import distributed
 from widedeep.training.checkpoint import (
     Position,
     RunState,
@@ -152,10 +156,29 @@ def train(
     each key; ``train.epochs`` may grow). A run that had finished trains no further: its
     bundle, metrics and plots are written again from the checkpoint. A warm-started run
     resumes from its checkpoint; ``warm_start_from`` may be left out, or be the same bundle.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every rank calls this; see
+    ``widedeep.training.distributed``. ``resume`` is refused there: resume with one process.
     """
-    run_dir = Path(output_dir)
+    if resume and distributed.launched():
+        raise ConfigError(
+            "--resume is not supported under torchrun: resume the run with one process "
+            "(widedeep train CONFIG --resume RUN)"
+        )
+    if not distributed.launched():
+        return _train(config, Path(output_dir), warm_start_from, resume)
+    with distributed.process_group(resolve_device(config.train.device)):
+        return _train(config, Path(output_dir), warm_start_from, resume)
+
+
+def _train(
+    config: RunConfig, run_dir: Path, warm_start_from: str | Path | None, resume: bool
+) -> TrainResult:
+    """``train``'s body, inside the process group when there is one."""
+    main = distributed.is_main()  # the one process that writes the run directory
     resumed = load_checkpoint(run_dir) if resume else None
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     settings = config.train
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
@@ -163,7 +186,7 @@ def train(
     # Our sparse gradients come from nn.Embedding and are valid by construction; opting out
     # explicitly also silences torch's per-step warning about the unchecked default.
     torch.sparse.check_sparse_tensor_invariants.disable()
-    device = resolve_device(settings.device)
+    device = distributed.local_device(resolve_device(settings.device))
     if resumed is not None:
         check_config(resumed, config, str(device))
         _check_warm_start(resumed.run, warm_start_from)
@@ -192,17 +215,21 @@ def train(
     warm_report = None
     if warm_start_from is not None and resumed is None:
         warm_report = warm_start(model, preprocessor, load_bundle(warm_start_from))
-        (run_dir / "warm_start.json").write_text(json.dumps(warm_report.to_dict(), indent=1))
+        if main:
+            report_text = json.dumps(warm_report.to_dict(), indent=1)
+            (run_dir / "warm_start.json").write_text(report_text)
     optimizers = build_optimizers(model, settings, sparse_tables=sparse)
     if warm_report is not None:
         seed_ftrl_state(optimizers)  # FTRL would otherwise re-derive the copied wide weights
+    exchange = _gradient_exchange(model, preprocessor, data, sparse, settings.seed)
     stop_metric = config.early_stopping_metric
     stopper = None
     if settings.early_stopping is not None and stop_metric is not None:
         stopper = EarlyStopping(
             stop_metric, settings.early_stopping.patience, settings.early_stopping.min_delta
         )
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     if resumed is None:
         run = RunState(
@@ -234,14 +261,23 @@ def train(
     def checkpoint() -> None:
         if stopper is not None:
             run.early_stopping, run.best_state = stopper.state(), stopper.best_state
-        save_checkpoint(run_dir, run, model, optimizers)
+        if main:
+            save_checkpoint(run_dir, run, model, optimizers)
 
     placed_table = train_table.place(device)
     while not run.finished(settings.epochs):
         position = run.position
         epoch = position.epoch
         train_loss = _train_epoch(
-            model, placed_table, optimizers, generator, device, position, settings, checkpoint
+            model,
+            placed_table,
+            optimizers,
+            generator,
+            device,
+            position,
+            settings,
+            checkpoint,
+            exchange,
         )
         _, report = _evaluate(model, validation_table, settings.eval_batch_size, device)
         row: dict[str, Any] = {
@@ -252,12 +288,14 @@ def train(
             **{f"validation_{k}": v for k, v in report.items()},
         }
         history.append(row)
-        _write_history(run_dir, history)
-        if settings.progress:
+        if main:
+            _write_history(run_dir, history)
+        if settings.progress and main:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in report.items() if k in _SHOWN)
             tqdm.write(f"epoch {epoch}: train loss {train_loss:.4f}, {shown}")
         if stopper is not None:
-            run.stopped = stopper.update(epoch, report[stopper.metric], model)
+            # every rank validates the same weights; rank 0's decision binds them all
+            run.stopped = distributed.agree(stopper.update(epoch, report[stopper.metric], model))
         run.position = Position.epoch_start(epoch + 1, generator, device)
         checkpoint()
 
@@ -266,6 +304,8 @@ def train(
         model.load_state_dict(stopper.best_state)
         best_epoch = stopper.best_epoch
     model.eval()
+    if not main:  # rank 0 evaluates and writes the run; the other ranks are done
+        return TrainResult(run_dir, run_dir / "bundle", history, best_epoch, {}, None)
     validation_predictions, validation_metrics = _evaluate(
         model, validation_table, settings.eval_batch_size, device
     )
@@ -373,6 +413,7 @@ def _train_epoch(
     position: Position,
     settings: Any,
     checkpoint: Callable[[], None],
+    exchange: distributed.GradientExchange | None = None,
 ) -> float:
     """The rest of one pass over the shuffled training table; returns the epoch's mean loss.
 
@@ -381,6 +422,10 @@ def _train_epoch(
     and the batches already trained are skipped. ``checkpoint`` is called every
     ``settings.checkpoint_every`` steps, counted from the run's start, except after the
     epoch's last step (the caller checkpoints after validating the epoch).
+
+    With ``exchange`` (under torchrun) this rank trains its slice of each global batch and
+    the gradients are summed over the ranks before each step (``_backward_shard``);
+    ``position`` then counts the global batches' rows and loss, the same on every rank.
     """
     model.train()
     regularized = model.embed_reg > 0 or model.w_reg > 0
@@ -388,7 +433,11 @@ def _train_epoch(
     n_batches = (len(table) + batch_size - 1) // batch_size
     first_step = (position.epoch - 1) * n_batches  # steps of the run before this epoch
     generator.set_state(position.generator_state)
-    batches = table.batches(batch_size, shuffle=True, generator=generator)
+    if exchange is None:
+        batches = table.batches(batch_size, shuffle=True, generator=generator)
+    else:
+        batches = distributed.shard_batches(table, batch_size, generator)
+    progress = settings.progress and distributed.is_main()
     # Summed on the device (``position.loss_sum``): reading the loss back each step would
     # stall a GPU.
     start, seconds_before, samples_before = time.perf_counter(), position.seconds, position.samples
@@ -398,27 +447,34 @@ def _train_epoch(
         initial=position.step,
         desc=f"epoch {position.epoch}",
         unit="batch",
-        disable=not settings.progress,
+        disable=not progress,
         leave=False,
     )
     for step, batch in enumerate(bar, start=position.step + 1):
         batch = batch.to(device, non_blocking=True)
         assert batch.labels is not None
-        logits = model.logits(batch)
-        loss = loss_fn(logits, batch.labels, model.objective)
-        total = loss + model.regularization() if regularized else loss
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        if exchange is None:
+            logits = model.logits(batch)
+            loss = loss_fn(logits, batch.labels, model.objective)
+            total = loss + model.regularization() if regularized else loss
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            loss_sum, rows = loss.detach().double() * len(batch), len(batch)
+        else:
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            rows = min(batch_size, len(table) - (step - 1) * batch_size)  # the global batch
+            loss_sum = _backward_shard(model, batch, rows, regularized, exchange)
         for optimizer in optimizers:
             optimizer.step()
-        position.loss_sum += loss.detach().double() * len(batch)
-        position.samples += len(batch)
+        position.loss_sum += loss_sum
+        position.samples += rows
         position.step = step
         if every is not None and (first_step + step) % every == 0 and step < n_batches:
             position.seconds = seconds_before + time.perf_counter() - start
             checkpoint()
-        if settings.progress and (step % 20 == 0 or step == n_batches):
+        if progress and (step % 20 == 0 or step == n_batches):
             elapsed = time.perf_counter() - start
             bar.set_postfix(
                 loss=f"{(position.loss_sum / position.samples).item():.4f}",
@@ -428,6 +484,57 @@ def _train_epoch(
     mean_loss = float(position.loss_sum / max(position.samples, 1))  # waits for the device
     position.seconds = seconds_before + time.perf_counter() - start
     return mean_loss
+
+
+def _gradient_exchange(
+    model: WideDeep,
+    preprocessor: Preprocessor,
+    data: dict[str, str],
+    sparse: bool,
+    seed: int,
+) -> distributed.GradientExchange | None:
+    """Under torchrun: check that the ranks fitted and encoded the same, give them rank 0's
+    weights, and return the exchange that sums their gradients; None in one process."""
+    if not distributed.is_distributed():
+        return None
+    fitted = json.dumps(preprocessor.to_dict(), sort_keys=True)
+    distributed.check_same("The fitted preprocessor", fitted)
+    distributed.check_same("The encoded training or validation data", json.dumps(data))
+    distributed.broadcast_model(model)
+    # Dropout masks differ between ranks (rank 0 keeps the 1-process random stream).
+    if distributed.rank() > 0:
+        torch.manual_seed(seed + distributed.rank())
+    groups = model.parameter_groups()
+    tables = [*groups["wide_tables"], *groups["deep_tables"]] if sparse else []
+    return distributed.GradientExchange(model, tables)
+
+
+def _backward_shard(
+    model: WideDeep,
+    batch: Batch,
+    rows: int,
+    regularized: bool,
+    exchange: distributed.GradientExchange,
+) -> torch.Tensor:
+    """Gradients of this rank's slice ``batch`` of a global batch of ``rows`` rows, summed
+    over the ranks; returns the global batch's summed loss (float64).
+
+    The slice's mean loss is weighted by ``len(batch) / rows`` (and the penalty, if any, by
+    ``1 / world_size``), so the ranks' gradients add up to the gradient of one process's
+    mean loss over the global batch. An empty slice (``rows`` < ranks) contributes zeros.
+    """
+    parts = []
+    loss_sum = torch.zeros((), device=batch.ids.device)
+    if len(batch) > 0:
+        assert batch.labels is not None
+        loss = loss_fn(model.logits(batch), batch.labels, model.objective)
+        parts.append(loss * (len(batch) / rows))
+        loss_sum = loss.detach() * len(batch)
+    if regularized:
+        parts.append(model.regularization() / distributed.world_size())
+    if parts:
+        torch.stack(parts).sum().backward()
+    return exchange(loss_sum)
 
 
 def recommendation_tables(
