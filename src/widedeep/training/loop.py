@@ -54,6 +54,7 @@ from widedeep.training.checkpoint import (
     save_checkpoint,
     table_fingerprint,
 )
+from widedeep.training.memory import check_memory, plan_memory
 from widedeep.training.optimizers import build_optimizers, use_sparse_gradients
 from widedeep.warmstart import seed_ftrl_state, warm_start
 
@@ -211,6 +212,11 @@ def _train(
         check_data(resumed, data)
 
     sparse = use_sparse_gradients(config.model)
+    plan = plan_memory(config, preprocessor.layout, sparse)
+    log.info("%s", plan.describe())
+    if settings.progress and main:
+        tqdm.write(plan.describe())
+    check_memory(plan, device)  # before the tables exist: a clear refusal, not an OOM kill
     model = build_model(config, preprocessor, sparse_gradients=sparse).to(device)
     warm_report = None
     if warm_start_from is not None and resumed is None:
