@@ -439,6 +439,7 @@ def _train_epoch(
     n_batches = (len(table) + batch_size - 1) // batch_size
     first_step = (position.epoch - 1) * n_batches  # steps of the run before this epoch
     generator.set_state(position.generator_state)
+    position.loss_sum = position.loss_sum.to(device)  # a resumed sum is read onto the CPU
     if exchange is None:
         batches = table.batches(batch_size, shuffle=True, generator=generator)
     else:
