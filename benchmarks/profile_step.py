@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import polars as pl
 import torch
-from run_widedeep import criteo_config
+from run_widedeep import add_model_arguments, criteo_config
 from torch.profiler import ProfilerActivity, profile
 
 from widedeep.bundle import build_model
@@ -32,16 +32,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", required=True)
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--embedding-dim", type=int, default=16)
-    parser.add_argument("--hidden", default="256,128")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--optimizer", default="adam")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--hashed-buckets", type=int, default=0)
+    add_model_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

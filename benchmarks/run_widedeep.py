@@ -75,11 +75,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", required=True)
-    parser.add_argument("--test", required=True)
-    parser.add_argument("--epochs", type=int, default=2)
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options ``criteo_config`` reads (shared with ``profile_step.py``)."""
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--embedding-dim", type=int, default=16)
     parser.add_argument("--hidden", default="256,128")
@@ -90,6 +87,14 @@ def main() -> None:
     parser.add_argument(
         "--hashed-buckets", type=int, default=0, help="hash the C fields into N buckets each"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--test", required=True)
+    parser.add_argument("--epochs", type=int, default=2)
+    add_model_arguments(parser)
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
