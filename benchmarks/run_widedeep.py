@@ -46,9 +46,12 @@ def criteo_config(args: argparse.Namespace, train: str, test: str) -> RunConfig:
         {"name": name, **categorical, "embedding_dim": args.embedding_dim} for name in CATEGORICAL
     ]
     optimizer = {"name": args.optimizer, "lr": args.lr}
+    data: dict[str, Any] = {"train": train, "validation": test, "test": test}
+    if getattr(args, "stream_buffer", 0):
+        data["stream"] = {"shuffle_buffer": args.stream_buffer}
     return RunConfig.from_dict(
         {
-            "data": {"train": train, "validation": test, "test": test},
+            "data": data,
             "schema": {
                 "label": {"column": "label"},
                 "features": features,
@@ -95,6 +98,12 @@ def main() -> None:
     parser.add_argument("--test", required=True)
     parser.add_argument("--epochs", type=int, default=2)
     add_model_arguments(parser)
+    parser.add_argument(
+        "--stream-buffer",
+        type=int,
+        default=0,
+        help="stream the training Parquet from disk with a shuffle buffer of N rows (0: load it)",
+    )
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -40,13 +40,17 @@ def data(rows: int, test_rows: int) -> tuple[Path, Path]:
     return folder / "train.parquet", folder / "test.parquet"
 
 
-def point(files: tuple[Path, Path], threads: int, buckets: int = 0) -> dict[str, Any]:
-    """One training run in its own process; its report."""
+def point(
+    files: tuple[Path, Path], threads: int, buckets: int = 0, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """One training run in its own process (``extra``: more run_widedeep.py options); its
+    report."""
     out = SCRATCH / "scaling-point.json"
     command = [
         sys.executable, str(ROOT / "benchmarks" / "run_widedeep.py"),
         "--train", str(files[0]), "--test", str(files[1]), "--epochs", "1",
         "--threads", str(threads), "--output", str(out), "--hashed-buckets", str(buckets),
+        *extra,
     ]  # fmt: skip
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())

@@ -31,11 +31,24 @@ class NegativesConfig(Record):
     seed: int = 0
 
 
+class StreamConfig(Record):
+    """Train from Parquet read row group by row group, for data larger than memory.
+
+    ``shuffle_buffer``: rows held for shuffling (batches are drawn at random from it as
+    chunks of ``chunk_rows`` rows stream in); the row groups are read in a seeded order.
+    """
+
+    shuffle_buffer: Annotated[int, Field(ge=1)] = 262_144
+    chunk_rows: Annotated[int, Field(ge=1)] = 65_536
+
+
 class DataConfig(Record):
     """Where the tables come from, and how they are split.
 
     A flat table (``train``), or interactions (``train``) with ``users`` and ``items``
-    tables joined by ``user_key`` / ``item_key``; or a built-in data set.
+    tables joined by ``user_key`` / ``item_key``; or a built-in data set. With ``stream``,
+    ``train`` is a Parquet file, folder or glob streamed from disk, never loaded whole;
+    validation (and test) data then come from ``validation`` (and ``test``).
     """
 
     builtin: Literal["adult", "appstore"] | None = None
@@ -53,11 +66,23 @@ class DataConfig(Record):
     test_fraction: Fraction = 0.1
     split_seed: int = 42
     negatives: NegativesConfig | None = None
+    stream: StreamConfig | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
         if (self.builtin is None) == (self.train is None):
             raise ValueError("give exactly one of data.builtin or data.train")
+        if self.stream is not None:
+            if self.train is None or self.is_recommendation:
+                raise ValueError(
+                    "data.stream streams one flat Parquet table: give data.train (a file, "
+                    "folder or glob), not a built-in data set or users/items tables"
+                )
+            if self.validation is None:
+                raise ValueError(
+                    "data.stream needs data.validation: a streamed table is read once per "
+                    "epoch and never split, so validation rows come from their own table"
+                )
         if self.validation is None and self.validation_fraction == 0:
             raise ValueError(
                 "no validation data: give data.validation or a validation_fraction above 0 "

@@ -170,6 +170,25 @@ def test_a_resumed_run_equals_an_uninterrupted_one(
     ]
 
 
+def test_a_resumed_streamed_run_equals_an_uninterrupted_one(
+    base: dict[str, Any],
+    tables: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The epoch's chunks are read and shuffled again up to the stopped step, then trained on.
+    streamed = [
+        f"data.validation={tables[1]}",
+        "data.stream={shuffle_buffer: 500, chunk_rows: 128}",
+        *ADAM,
+    ]
+    reference = uninterrupted(base, tmp_path / "reference", streamed)
+    resumed = interrupted_then_resumed(
+        base, tmp_path / "run", [(1, 14), (2, 4)], monkeypatch, streamed
+    )
+    assert_same_run(resumed, reference)
+
+
 def test_early_stopping_state_and_best_weights_survive_a_resume(
     base: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -97,6 +97,27 @@ def test_two_processes_train_the_model_of_one(
     assert (tmp_path / "two" / "checkpoint" / "manifest.json").exists()
 
 
+def test_two_processes_stream_their_own_shares_of_a_parquet_table(
+    tables: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = small_config(tables)
+    base["data"].update(validation=str(tables[1]), stream={"shuffle_buffer": 400})
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(base))
+    skip_plots(monkeypatch)
+    single = train(run_config(base), tmp_path / "one")
+
+    done = torchrun(["-m", "widedeep", "train", str(config_path), "-o", "two"], 2, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("bundle:") == 1
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["rows"]["train"] == 2400
+    history = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").open()]
+    assert len(history) == 2
+    # Other rows meet in each global batch than in one process, so the models differ a little.
+    assert metrics["validation"]["auc"] == pytest.approx(single.validation_metrics["auc"], abs=0.03)
+
+
 FAILING_RANK = """\
 import os, sys
 

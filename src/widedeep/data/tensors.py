@@ -78,6 +78,56 @@ class TensorTable:
             return self.to(device)
         return self.pin_memory()
 
+    @classmethod
+    def empty_like(cls, table: TensorTable, rows: int) -> TensorTable:
+        """An uninitialized table of ``rows`` rows with ``table``'s columns and dtypes."""
+
+        def like(t: Tensor) -> Tensor:
+            return torch.empty((rows, *t.shape[1:]), dtype=t.dtype, device=t.device)
+
+        return TensorTable(
+            ids=like(table.ids),
+            multi_ids=tuple(like(m) for m in table.multi_ids),
+            dense=like(table.dense),
+            labels=None if table.labels is None else like(table.labels),
+        )
+
+    @classmethod
+    def concat(cls, tables: list[TensorTable]) -> TensorTable:
+        """The tables' rows one after the other."""
+        if len(tables) == 1:
+            return tables[0]
+        labels = [t.labels for t in tables]
+        return TensorTable(
+            ids=torch.cat([t.ids for t in tables]),
+            multi_ids=tuple(
+                torch.cat(ms) for ms in zip(*(t.multi_ids for t in tables), strict=True)
+            ),
+            dense=torch.cat([t.dense for t in tables]),
+            labels=None if any(x is None for x in labels) else torch.cat(labels),  # type: ignore[arg-type]
+        )
+
+    def rows(self, positions: Tensor) -> TensorTable:
+        """The rows at the int64 ``positions``, gathered into a new table."""
+        batch = self.take(positions)
+        assert batch.dense is not None
+        return TensorTable(batch.ids, batch.multi_ids, batch.dense, batch.labels)
+
+    def part(self, start: int, stop: int) -> TensorTable:
+        """Rows ``start:stop`` as a table of views."""
+        batch = self.slice(start, stop)
+        assert batch.dense is not None
+        return TensorTable(batch.ids, batch.multi_ids, batch.dense, batch.labels)
+
+    def write(self, positions: Tensor | slice, table: TensorTable) -> None:
+        """Overwrite the rows at ``positions`` with ``table``'s rows, in place."""
+        self.ids[positions] = table.ids
+        for mine, theirs in zip(self.multi_ids, table.multi_ids, strict=True):
+            mine[positions] = theirs
+        self.dense[positions] = table.dense
+        if self.labels is not None and table.labels is not None:
+            self.labels[positions] = table.labels
+
     def take(self, rows: Tensor) -> Batch:
         """The rows at the int64 positions ``rows``, gathered into one new batch."""
         return Batch(

@@ -18,7 +18,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -35,6 +35,7 @@ from widedeep.bundle import build_model, evaluate_predictions, load_bundle, save
 from widedeep.config import RunConfig
 from widedeep.data.batch import Batch
 from widedeep.data.sources import Splits, load_splits
+from widedeep.data.stream import ParquetStream, StreamedTable, fit_stream
 from widedeep.data.tensors import TensorTable
 from widedeep.errors import ConfigError
 from widedeep.features.preprocessor import Preprocessor
@@ -195,19 +196,23 @@ def _train(
     assert label is not None
     objective = label.objective
 
-    splits = load_splits(config.data, label)
     preprocess_start = time.perf_counter()
     preprocessor = Preprocessor(config.feature_schema)
-    train_table = TensorTable.from_encoded(preprocessor.fit_transform(splits.train))
+    train_table: TensorTable | StreamedTable
+    if config.data.stream is not None:
+        splits = _held_out_splits(config, preprocessor)
+        train_table = _streamed_table(config, preprocessor)
+        train_fingerprint = train_table.stream.fingerprint()
+    else:
+        splits = load_splits(config.data, label)
+        train_table = TensorTable.from_encoded(preprocessor.fit_transform(splits.train))
+        train_fingerprint = table_fingerprint(train_table)
     preprocess_seconds = time.perf_counter() - preprocess_start
     validation_encoded = preprocessor.transform(splits.validation, with_labels=True)
     validation_table = TensorTable.from_encoded(validation_encoded)
     if validation_encoded.report.notable():
         log.info("validation data: %s", validation_encoded.report)
-    data = {
-        "train": table_fingerprint(train_table),
-        "validation": table_fingerprint(validation_table),
-    }
+    data = {"train": train_fingerprint, "validation": table_fingerprint(validation_table)}
     if resumed is not None:
         check_data(resumed, data)
 
@@ -270,7 +275,9 @@ def _train(
         if main:
             save_checkpoint(run_dir, run, model, optimizers)
 
-    placed_table = train_table.place(device)
+    placed_table = (
+        train_table.place(device) if isinstance(train_table, TensorTable) else train_table
+    )
     while not run.finished(settings.epochs):
         position = run.position
         epoch = position.epoch
@@ -340,7 +347,7 @@ def _train(
         metrics["warm_start"] = run.warm_start
     tables = None
     if splits.rec is not None:
-        assert train_table.labels is not None
+        assert isinstance(train_table, TensorTable) and train_table.labels is not None
         tables = recommendation_tables(splits, train_table.labels.numpy(), config)
         _write_interactions(run_dir, splits)
     bundle_dir = save_bundle(
@@ -387,6 +394,26 @@ def train_ablation(config: RunConfig, output_dir: str | Path) -> dict[str, Train
     return results
 
 
+def _streamed_table(config: RunConfig, preprocessor: Preprocessor) -> StreamedTable:
+    """The training table of ``data.stream``: ``preprocessor`` fitted in one pass over it."""
+    data, schema = config.data, config.feature_schema
+    assert data.stream is not None and data.train is not None and schema.label is not None
+    columns = [*schema.input_columns, schema.label.column]
+    stream = ParquetStream(data.train, columns, data.stream.chunk_rows)
+    log.info("%s: streaming %d rows in %d row groups", data.train, stream.rows, len(stream.pieces))
+    fit_stream(preprocessor, stream)
+    return StreamedTable(stream, preprocessor, data.stream)
+
+
+def _held_out_splits(config: RunConfig, preprocessor: Preprocessor) -> Splits:
+    """A streamed run's validation and test tables (read whole; the training table is not)."""
+    data = config.data
+    assert data.validation is not None
+    validation = preprocessor.read(data.validation)
+    test = preprocessor.read(data.test) if data.test else None
+    return Splits(train=validation.clear(), validation=validation, test=test)
+
+
 def _check_warm_start(run: RunState, warm_start_from: str | Path | None) -> None:
     """On resume, a warm-start bundle may be repeated but not added or changed."""
     if warm_start_from is None:
@@ -412,7 +439,7 @@ def _evaluate(
 
 def _train_epoch(
     model: WideDeep,
-    table: TensorTable,
+    table: TensorTable | StreamedTable,
     optimizers: list[torch.optim.Optimizer],
     generator: torch.Generator,
     device: torch.device,
@@ -436,14 +463,20 @@ def _train_epoch(
     model.train()
     regularized = model.embed_reg > 0 or model.w_reg > 0
     batch_size, every = settings.batch_size, settings.checkpoint_every
-    n_batches = (len(table) + batch_size - 1) // batch_size
-    first_step = (position.epoch - 1) * n_batches  # steps of the run before this epoch
+    world = distributed.world_size() if exchange is not None else 1
     generator.set_state(position.generator_state)
     position.loss_sum = position.loss_sum.to(device)  # a resumed sum is read onto the CPU
-    if exchange is None:
+    batches: Iterator[Batch]
+    if isinstance(table, StreamedTable):
+        n_batches = table.steps(batch_size, world)
+        batches = table.batches(batch_size, generator, distributed.rank(), world)
+    elif exchange is None:
+        n_batches = (len(table) + batch_size - 1) // batch_size
         batches = table.batches(batch_size, shuffle=True, generator=generator)
     else:
+        n_batches = (len(table) + batch_size - 1) // batch_size
         batches = distributed.shard_batches(table, batch_size, generator)
+    first_step = (position.epoch - 1) * n_batches  # steps of the run before this epoch
     progress = settings.progress and distributed.is_main()
     # Summed on the device (``position.loss_sum``): reading the loss back each step would
     # stall a GPU.
@@ -471,7 +504,11 @@ def _train_epoch(
         else:
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
-            rows = min(batch_size, len(table) - (step - 1) * batch_size)  # the global batch
+            rows = (  # the global batch's
+                table.global_rows(step, batch_size, world)
+                if isinstance(table, StreamedTable)
+                else min(batch_size, len(table) - (step - 1) * batch_size)
+            )
             loss_sum = _backward_shard(model, batch, rows, regularized, exchange)
         for optimizer in optimizers:
             optimizer.step()
