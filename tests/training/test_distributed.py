@@ -21,6 +21,7 @@ import yaml
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import widedeep
 from fixtures_train import config_dict, one_thread, run_config, skip_plots, write_tables
 from widedeep.errors import ConfigError
 from widedeep.training.loop import train
@@ -64,7 +65,15 @@ def torchrun(target: list[str], processes: int, cwd: Path) -> subprocess.Complet
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
         "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *target,
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WIDEDEEP_DISTRIBUTED_TIMEOUT": "60"}
+    # The ranks import the widedeep this test imported, wherever the working directory is.
+    source = str(Path(widedeep.__file__).resolve().parents[1])
+    path = os.pathsep.join([source, *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {
+        **os.environ,
+        "PYTHONPATH": path,
+        "OMP_NUM_THREADS": "1",
+        "WIDEDEEP_DISTRIBUTED_TIMEOUT": "60",
+    }
     return subprocess.run(
         command, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
     )
