@@ -71,6 +71,9 @@ def train(
 
     Example (data-parallel, 2 processes): torchrun --nproc-per-node 2 -m widedeep train
     adult.yaml --output runs/adult
+
+    Example (resume it, with as many processes): torchrun --nproc-per-node 2 -m widedeep
+    train adult.yaml --resume runs/adult
     """
     from widedeep.config import load_config
     from widedeep.training.distributed import is_main

@@ -1,4 +1,5 @@
-"""Data-parallel training under torchrun: 2 gloo processes on CPU against 1 process.
+"""Data-parallel training under torchrun: 2 gloo processes on CPU against 1 process, and a
+2-process run crashed and resumed against one never interrupted.
 
 Each run is ``python -m torch.distributed.run --nproc-per-node 2 -m widedeep train ...`` in a
 subprocess, one thread per process, on the tiny synthetic table of ``fixtures_train``.
@@ -17,12 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import widedeep
 from fixtures_train import config_dict, one_thread, run_config, skip_plots, write_tables
 from widedeep.errors import ConfigError
+from widedeep.training import distributed
+from widedeep.training.checkpoint import check_config, load_checkpoint
 from widedeep.training.loop import train
 
 # Not bit-identical: float32 sums run in another order (each rank sums its slice, then the
@@ -64,7 +69,15 @@ def torchrun(target: list[str], processes: int, cwd: Path) -> subprocess.Complet
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
         "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *target,
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WIDEDEEP_DISTRIBUTED_TIMEOUT": "60"}
+    # The ranks import the widedeep this test imported, wherever the working directory is.
+    source = str(Path(widedeep.__file__).resolve().parents[1])
+    path = os.pathsep.join([source, *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {
+        **os.environ,
+        "PYTHONPATH": path,
+        "OMP_NUM_THREADS": "1",
+        "WIDEDEEP_DISTRIBUTED_TIMEOUT": "60",
+    }
     return subprocess.run(
         command, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
     )
@@ -184,9 +197,112 @@ def test_ranks_that_fitted_different_preprocessors_are_stopped(
     assert not (tmp_path / "run" / "bundle").exists()
 
 
-def test_resume_is_refused_under_torchrun(
-    tables: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+# ------------------------------------------------------------------------------ resume
+
+CRASH_AFTER_CHECKPOINT = """\
+import os, signal, sys
+
+from widedeep.training import loop
+
+written = loop.save_checkpoint
+
+
+def save_then_crash(run_dir, run, *args):
+    path = written(run_dir, run, *args)
+    if (run.position.epoch, run.position.step) == ({epoch}, {step}):
+        os.kill(os.getpid(), signal.SIGKILL)  # rank 0 dies; torchrun stops rank 1
+    return path
+
+
+loop.save_checkpoint = save_then_crash  # only rank 0 writes checkpoints
+
+from widedeep.cli import main
+
+sys.argv = ["widedeep", *sys.argv[1:]]
+main()
+"""
+
+# 20 steps an epoch (1920 rows in batches of 101); with checkpoint_every=7 the checkpoints
+# are at (epoch, step) (1, 7) (1, 14), (2, 0) at the epoch's end, (2, 1) (2, 8) (2, 15), ...
+RESUMABLE = ["model.dropout=0.2"]  # each rank draws its own dropout masks
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tables: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 2-process run (no step checkpoints), trained once for the module."""
+    folder = tmp_path_factory.mktemp("two-process-run")
+    config_path = folder / "run.yaml"
+    config_path.write_text(yaml.safe_dump(run_config(small_config(tables), RESUMABLE).to_dict()))
+    done = torchrun(["-m", "widedeep", "train", str(config_path), "-o", "run"], 2, folder)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+def test_a_crashed_two_process_run_resumes_to_the_same_weights(
+    two_process_run: Path, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="--resume is not supported under torchrun"):
-        train(run_config(small_config(tables)), tmp_path / "run", resume=True)
+    stop = (2, 8)  # mid-epoch, after the epoch-boundary checkpoint (2, 0) was written
+    config_path = tmp_path / "run.yaml"
+    config = yaml.safe_load((two_process_run / "run.yaml").read_text())
+    config["train"]["checkpoint_every"] = 7
+    config_path.write_text(yaml.safe_dump(config))
+    script = tmp_path / "crash_after_checkpoint.py"
+    script.write_text(CRASH_AFTER_CHECKPOINT.format(epoch=stop[0], step=stop[1]))
+    crashed = torchrun([str(script), "train", str(config_path), "-o", "run"], 2, tmp_path)
+    assert crashed.returncode != 0
+    assert not (tmp_path / "run" / "bundle").exists()
+    saved = load_checkpoint(tmp_path / "run")
+    assert (saved.run.position.epoch, saved.run.position.step) == stop
+    assert saved.world_size == 2  # rank 1's RNG states, gathered to rank 0, are in it
+    assert not torch.equal(saved.random[0].torch_cpu, saved.random[1].torch_cpu)
+
+    command = ["-m", "widedeep", "train", str(config_path), "--resume", "run"]
+    resumed = torchrun(command, 2, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("bundle:") == 1
+
+    # Bit for bit: the same computations in the same order as the uninterrupted run.
+    expected = load_file(str(two_process_run / "run" / "bundle" / "weights.safetensors"))
+    got = load_file(str(tmp_path / "run" / "bundle" / "weights.safetensors"))
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    timing = {"seconds", "samples_per_s"}
+    histories = [
+        [
+            {k: v for k, v in json.loads(line).items() if k not in timing}
+            for line in (folder / "run" / "metrics.jsonl").open()
+        ]
+        for folder in (two_process_run, tmp_path)
+    ]
+    assert histories[0] == histories[1]
+
+
+def test_resuming_with_another_number_of_processes_is_refused(
+    two_process_run: Path,
+    tables: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    skip_plots(monkeypatch)
+    config = run_config(small_config(tables), RESUMABLE)
+    folder = two_process_run / "run"
+    manifest = folder / "checkpoint" / "manifest.json"
+    before = manifest.read_bytes()
+    with pytest.raises(ConfigError) as raised:
+        train(config, folder, resume=True)  # one process
+    assert (
+        "processes: the checkpoint was written by 2 processes, this run has 1 process; "
+        "resume it with torchrun --nproc-per-node 2" in str(raised.value)
+    )
+    assert manifest.read_bytes() == before  # refused before writing anything
+
+    # A 1-process checkpoint under torchrun (2 ranks, as distributed.world_size says there).
+    one = train(run_config(small_config(tables), [*RESUMABLE, "train.epochs=1"]), tmp_path / "one")
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ConfigError) as raised:
+        check_config(load_checkpoint(one.run_dir), config, "cpu")
+    assert (
+        "processes: the checkpoint was written by 1 process, this run has 2 processes; "
+        "resume it with one process" in str(raised.value)
+    )

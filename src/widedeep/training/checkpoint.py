@@ -2,14 +2,15 @@
 
 A checkpoint holds everything the next optimizer step depends on, so a run resumed from it
 ends with the same weights, bit for bit, as a run that was never interrupted (same machine,
-same thread count)::
+same thread count, same number of processes)::
 
     RUN_DIR/checkpoint/
       manifest.json            format, versions; SHA-256 and size of every other file
       state.json               where training is (epoch, step), the history rows, early
                                stopping's scalars, numpy's and Python's RNG states, the
-                               optimizers' non-tensor state (step counts), the config, and
-                               fingerprints of the encoded training and validation tables
+                               optimizers' non-tensor state (step counts), the config,
+                               fingerprints of the encoded training and validation tables,
+                               and the number of processes that trained (``world_size``)
       state.safetensors        torch's CPU RNG (dropout), the CUDA RNG when training there,
                                the batch generator as it was at the start of the epoch (it
                                redraws the epoch's permutation), the epoch's loss sum so far
@@ -18,6 +19,17 @@ same thread count)::
       best_model.safetensors   early stopping's best weights (only while it has some)
 
 JSON and safetensors only: reading a checkpoint runs no pickle and no ``torch.load``.
+
+Under torchrun only rank 0 writes, but each rank draws its own dropout masks (rank ``r > 0``
+reseeds torch with ``seed + r``), so the checkpoint holds every rank's RNG states: rank 0's
+as above, rank ``r``'s under ``"ranks"`` in ``state.json`` (numpy, Python) and as
+``rank{r}.torch_rng`` / ``rank{r}.cuda_rng`` in ``state.safetensors``. Everything else is the
+same on every rank (the same weights, the same summed gradients, hence the same optimizer
+states; the position counts global batches). ``gather_random_states`` collects the ranks'
+states on rank 0; on resume every rank reads the checkpoint and ``restore`` applies its own.
+A checkpoint is resumed by as many processes as wrote it (``check_config``): with another
+count the gradients' float sums and the dropout streams would differ, so it would not be the
+same run. A checkpoint without ``world_size`` was written by one process.
 
 Writing (``save_checkpoint``) follows one protocol, so that a crash at any instant leaves a
 complete checkpoint, the old or the new:
@@ -62,6 +74,7 @@ from widedeep.config import RunConfig
 from widedeep.data.tensors import TensorTable
 from widedeep.errors import CheckpointError, ConfigError
 from widedeep.manifest import check_files, file_entries, read_manifest
+from widedeep.training import distributed
 
 FORMAT = "widedeep-checkpoint"
 FORMAT_VERSION = 1
@@ -150,6 +163,15 @@ class RandomState:
         random.setstate(self.python)
 
 
+def gather_random_states(device: str) -> list[RandomState]:
+    """Every rank's ``RandomState`` in rank order on rank 0, ``[]`` on the other ranks; in
+    one process, ``[this process's]``. Under torchrun every rank must call it (a collective).
+
+    ``device``: this rank's training device (its CUDA RNG is captured when it is a GPU).
+    """
+    return distributed.gather_to_main(RandomState.capture(device))
+
+
 @dataclass
 class Checkpoint:
     """A checkpoint as read from disk and verified, ready to ``restore``."""
@@ -158,7 +180,12 @@ class Checkpoint:
     run: RunState
     model_state: dict[str, Tensor]
     optimizer_states: list[dict[str, Any]]  # torch state_dict()["state"] form, plus "type"
-    random: RandomState
+    random: list[RandomState]  # each rank's, in rank order (one in a 1-process run)
+
+    @property
+    def world_size(self) -> int:
+        """How many processes trained the run."""
+        return len(self.random)
 
 
 # ------------------------------------------------------------------------------ writing
@@ -169,15 +196,27 @@ def save_checkpoint(
     run: RunState,
     model: torch.nn.Module,
     optimizers: list[torch.optim.Optimizer],
+    random_states: list[RandomState] | None = None,
 ) -> Path:
-    """Write ``RUN_DIR/checkpoint`` atomically (see the module docstring); return its path."""
+    """Write ``RUN_DIR/checkpoint`` atomically (see the module docstring); return its path.
+
+    ``random_states``: every rank's, from ``gather_random_states`` (under torchrun, rank 0
+    writes them all); by default this process's, for a 1-process run.
+    """
+    if random_states is None:
+        if distributed.is_distributed():
+            raise CheckpointError(
+                "under torchrun a checkpoint needs every rank's random states "
+                "(gather_random_states)"
+            )
+        random_states = [RandomState.capture(run.device)]
     run_dir = Path(run_dir)
     target, partial, previous = run_dir / CHECKPOINT, run_dir / PARTIAL, run_dir / PREVIOUS
     try:
         if partial.exists():
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
-        files = _write_contents(partial, run, model, optimizers)
+        files = _write_contents(partial, run, model, optimizers, random_states)
         _write_json(partial / MANIFEST, _manifest(partial, files))
         _fsync_folder(partial)
         if target.exists():
@@ -194,20 +233,23 @@ def save_checkpoint(
 
 
 def _write_contents(
-    folder: Path, run: RunState, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]
+    folder: Path,
+    run: RunState,
+    model: torch.nn.Module,
+    optimizers: list[torch.optim.Optimizer],
+    random_states: list[RandomState],
 ) -> list[str]:
     """Every file but the manifest, each fsynced; returns their names."""
-    randomness = RandomState.capture(run.device)
+    randomness, *others = random_states
     optimizer_tensors, optimizer_scalars = _split_optimizers(optimizers)
     position = run.position
     small = {
-        "torch_rng": randomness.torch_cpu,
+        **_random_tensors(randomness, ""),
         "generator_state": position.generator_state,
         "loss_sum": position.loss_sum,
     }
-    if randomness.cuda is not None:
-        small["cuda_rng"] = randomness.cuda
-    np_state = randomness.numpy
+    for number, other in enumerate(others, start=1):
+        small.update(_random_tensors(other, f"rank{number}."))
     state = {
         "config": run.config,
         "device": run.device,
@@ -223,8 +265,9 @@ def _write_contents(
         "early_stopping": run.early_stopping,
         "warm_start": run.warm_start,
         "optimizers": optimizer_scalars,
-        "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "python_rng": [randomness.python[0], list(randomness.python[1]), randomness.python[2]],
+        **_random_json(randomness),
+        "world_size": len(random_states),
+        "ranks": [_random_json(other) for other in others],  # ranks 1, 2, ...
     }
     _write_json(folder / STATE, state)
     _write_tensors(folder / STATE_TENSORS, small)
@@ -235,6 +278,24 @@ def _write_contents(
         _write_tensors(folder / BEST_MODEL, run.best_state)
         files.append(BEST_MODEL)
     return files
+
+
+def _random_tensors(randomness: RandomState, prefix: str) -> dict[str, Tensor]:
+    """torch's RNG states, for ``state.safetensors`` (``prefix``: "" for rank 0)."""
+    tensors = {f"{prefix}torch_rng": randomness.torch_cpu}
+    if randomness.cuda is not None:
+        tensors[f"{prefix}cuda_rng"] = randomness.cuda
+    return tensors
+
+
+def _random_json(randomness: RandomState) -> dict[str, Any]:
+    """numpy's and Python's RNG states, for ``state.json``."""
+    kind, keys, *rest = randomness.numpy
+    version, internal, gauss_next = randomness.python
+    return {
+        "numpy_rng": [kind, keys.tolist(), *rest],
+        "python_rng": [version, list(internal), gauss_next],
+    }
 
 
 def _split_optimizers(
@@ -381,14 +442,16 @@ def _parse(
         best_state=best_state,
         warm_start=state["warm_start"],
     )
-    kind, keys, pos, has_gauss, cached = state["numpy_rng"]
-    version, internal, gauss_next = state["python_rng"]
-    randomness = RandomState(
-        torch_cpu=small["torch_rng"],
-        cuda=small.get("cuda_rng"),
-        numpy=(kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached),
-        python=(version, tuple(internal), gauss_next),
-    )
+    world_size = int(state.get("world_size", 1))  # absent: written by one process
+    ranks = [state, *state.get("ranks", [])]
+    if world_size < 1 or len(ranks) != world_size:
+        raise ValueError(
+            f"{STATE} says {world_size} processes trained, but holds the random states of "
+            f"{len(ranks)}"
+        )
+    randomness = [
+        _parse_random(ranks[r], small, "" if r == 0 else f"rank{r}.") for r in range(world_size)
+    ]
     optimizer_states: list[dict[str, Any]] = [
         {
             "type": described["type"],
@@ -402,6 +465,18 @@ def _parse(
     return Checkpoint(folder, run, model_state, optimizer_states, randomness)
 
 
+def _parse_random(state: dict[str, Any], small: dict[str, Tensor], prefix: str) -> RandomState:
+    """One rank's RNG states: numpy's and Python's from ``state``, torch's from ``small``."""
+    kind, keys, pos, has_gauss, cached = state["numpy_rng"]
+    version, internal, gauss_next = state["python_rng"]
+    return RandomState(
+        torch_cpu=small[f"{prefix}torch_rng"],
+        cuda=small.get(f"{prefix}cuda_rng"),
+        numpy=(kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached),
+        python=(version, tuple(internal), gauss_next),
+    )
+
+
 # ---------------------------------------------------------------------------- restoring
 
 
@@ -410,8 +485,10 @@ def restore(
 ) -> None:
     """Load the checkpoint's weights, optimizer states and RNG states (in place).
 
-    Call it after everything that draws random numbers while setting up (building the model),
-    so that the next draw is the one the interrupted run would have made.
+    Call it after everything that draws random numbers while setting up (building the model,
+    reseeding a rank), so that the next draw is the one the interrupted run would have made.
+    Under torchrun each rank takes its own RNG states (``check_config`` has made sure that
+    as many processes wrote the checkpoint).
     """
     folder = checkpoint.folder
     try:
@@ -435,8 +512,16 @@ def restore(
             raise CheckpointError(
                 f"{folder / OPTIMIZERS}: does not fit {type(optimizer).__name__}: {error}"
             ) from None
+    me, world_size = distributed.rank(), distributed.world_size()
+    if checkpoint.world_size != world_size:
+        raise CheckpointError(
+            f"{folder}: written by {_processes(checkpoint.world_size)}, restored by "
+            f"{_processes(world_size)}"
+        )
+    # Rank 0's device name is the one recorded; under torchrun on CUDA, this rank's GPU.
+    device = str(distributed.local_device(torch.device(checkpoint.run.device)))
     try:
-        checkpoint.random.apply(checkpoint.run.device)
+        checkpoint.random[me].apply(device)
     except (RuntimeError, TypeError, ValueError) as error:
         raise CheckpointError(f"{folder / STATE}: invalid random state: {error}") from None
 
@@ -469,7 +554,15 @@ def check_config(checkpoint: Checkpoint, config: RunConfig, device: str) -> None
         for key, old, new in _differences(run.config, config.to_dict(), "")
         if key not in FREE_KEYS
     ]
-    if run.device != device:
+    saved, current = checkpoint.world_size, distributed.world_size()
+    if saved != current:
+        how = "one process" if saved == 1 else f"torchrun --nproc-per-node {saved}"
+        problems.append(
+            f"processes: the checkpoint was written by {_processes(saved)}, this run has "
+            f"{_processes(current)}; resume it with {how} (another count would sum the "
+            "gradients in another order and draw other dropout masks)"
+        )
+    if _device_differs(run.device, device):
         problems.append(
             f"train.device: the checkpoint was trained on {run.device}, this run would train "
             f"on {device}"
@@ -482,6 +575,18 @@ def check_config(checkpoint: Checkpoint, config: RunConfig, device: str) -> None
             f"for {epochs} in all"
         )
     _raise_problems(checkpoint.folder, problems)
+
+
+def _processes(count: int) -> str:
+    return f"{count} process{'es' if count != 1 else ''}"
+
+
+def _device_differs(saved: str, device: str) -> bool:
+    """Under torchrun each rank trains on its own GPU (``cuda:LOCAL_RANK``) while the
+    checkpoint names rank 0's: there only the kind of device counts."""
+    if distributed.launched():
+        return torch.device(saved).type != torch.device(device).type
+    return saved != device
 
 
 def check_data(checkpoint: Checkpoint, data: dict[str, str]) -> None:

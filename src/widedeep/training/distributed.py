@@ -34,6 +34,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_VARIABLE = "WIDEDEEP_DISTRIBUTED_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0
+
+T = TypeVar("T")
 
 
 def launched() -> bool:
@@ -164,6 +167,17 @@ def broadcast_model(model: nn.Module) -> None:
     with torch.no_grad():
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, src=0)
+
+
+def gather_to_main(value: T) -> list[T]:
+    """Every rank's ``value`` in rank order on rank 0, ``[]`` on the other ranks; ``[value]``
+    in one process. Pickled between the ranks (``gather_object``): for small things only."""
+    if not is_distributed():
+        return [value]
+    main = is_main()
+    gathered: list[Any] = [None] * world_size() if main else []
+    dist.gather_object(value, gathered if main else None, dst=0)
+    return gathered
 
 
 def agree(flag: bool) -> bool:

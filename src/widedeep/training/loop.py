@@ -50,6 +50,7 @@ from widedeep.training.checkpoint import (
     RunState,
     check_config,
     check_data,
+    gather_random_states,
     load_checkpoint,
     restore,
     save_checkpoint,
@@ -160,13 +161,9 @@ def train(
     resumes from its checkpoint; ``warm_start_from`` may be left out, or be the same bundle.
 
     Under torchrun (``WORLD_SIZE`` > 1) every rank calls this; see
-    ``widedeep.training.distributed``. ``resume`` is refused there: resume with one process.
+    ``widedeep.training.distributed``. ``resume`` works there too, with as many processes as
+    the checkpoint was written by (each rank restores its own random states).
     """
-    if resume and distributed.launched():
-        raise ConfigError(
-            "--resume is not supported under torchrun: resume the run with one process "
-            "(widedeep train CONFIG --resume RUN)"
-        )
     if not distributed.launched():
         return _train(config, Path(output_dir), warm_start_from, resume)
     with distributed.process_group(resolve_device(config.train.device)):
@@ -258,7 +255,7 @@ def _train(
         run.position.loss_sum = run.position.loss_sum.to(device)
         if stopper is not None and run.early_stopping is not None:
             stopper.load_state(run.early_stopping, run.best_state)
-        if run.history:
+        if run.history and main:
             _write_history(run_dir, run.history)
         if run.finished(settings.epochs):
             log.info(
@@ -272,8 +269,9 @@ def _train(
     def checkpoint() -> None:
         if stopper is not None:
             run.early_stopping, run.best_state = stopper.state(), stopper.best_state
+        random_states = gather_random_states(str(device))  # every rank's, on rank 0
         if main:
-            save_checkpoint(run_dir, run, model, optimizers)
+            save_checkpoint(run_dir, run, model, optimizers, random_states)
 
     placed_table = (
         train_table.place(device) if isinstance(train_table, TensorTable) else train_table
@@ -545,7 +543,8 @@ def _gradient_exchange(
     distributed.check_same("The fitted preprocessor", fitted)
     distributed.check_same("The encoded training or validation data", json.dumps(data))
     distributed.broadcast_model(model)
-    # Dropout masks differ between ranks (rank 0 keeps the 1-process random stream).
+    # Dropout masks differ between ranks (rank 0 keeps the 1-process random stream); a
+    # resumed run then puts back each rank's own checkpointed state (``restore``).
     if distributed.rank() > 0:
         torch.manual_seed(seed + distributed.rank())
     groups = model.parameter_groups()
