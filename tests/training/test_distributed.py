@@ -8,14 +8,10 @@ subprocess, one thread per process, on the tiny synthetic table of ``fixtures_tr
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -23,19 +19,12 @@ import yaml
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import widedeep
-from fixtures_train import config_dict, one_thread, run_config, skip_plots, write_tables
+from fixtures_distributed import assert_same_run, small_config, torchrun
+from fixtures_train import one_thread, run_config, skip_plots, write_tables
 from widedeep.errors import ConfigError
 from widedeep.training import distributed
 from widedeep.training.checkpoint import check_config, load_checkpoint
 from widedeep.training.loop import train
-
-# Not bit-identical: float32 sums run in another order (each rank sums its slice, then the
-# ranks' sums are added; the slice losses are weighted before, not after, the mean). The
-# rounding differences add up over the 38 steps: measured at most 2.3e-6 (about 20 float32
-# ulps on a weight of 1.4, in the first MLP layer), under 5e-8 on the epochs' losses.
-TOLERANCE = 1e-5
-TIMEOUT_S = 120  # a run that takes longer is hanging: the test fails instead of waiting
 
 
 @pytest.fixture(autouse=True)
@@ -49,40 +38,6 @@ def tables(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return write_tables(tmp_path_factory.mktemp("data"))
 
 
-def small_config(tables: tuple[Path, Path]) -> dict[str, Any]:
-    """2 epochs over 1,920 training rows in batches of 101 = 50 + 51 rows, and a last batch
-    of 1 row, of which rank 0's slice is empty."""
-    base = config_dict(*tables)
-    base["train"].update({"epochs": 2, "batch_size": 101, "threads": 1})
-    return base
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def torchrun(target: list[str], processes: int, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``torchrun --nproc-per-node PROCESSES TARGET...`` on this machine's loopback."""
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *target,
-    ]  # fmt: skip
-    # The ranks import the widedeep this test imported, wherever the working directory is.
-    source = str(Path(widedeep.__file__).resolve().parents[1])
-    path = os.pathsep.join([source, *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = {
-        **os.environ,
-        "PYTHONPATH": path,
-        "OMP_NUM_THREADS": "1",
-        "WIDEDEEP_DISTRIBUTED_TIMEOUT": "60",
-    }
-    return subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
-    )
-
-
 def test_two_processes_train_the_model_of_one(
     tables: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -90,23 +45,13 @@ def test_two_processes_train_the_model_of_one(
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(base))
     skip_plots(monkeypatch)
-    single = train(run_config(base), tmp_path / "one")
+    train(run_config(base), tmp_path / "one")
 
     done = torchrun(["-m", "widedeep", "train", str(config_path), "-o", "two"], 2, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("bundle:") == 1  # rank 0 reports, rank 1 stays quiet
 
-    one = load_file(str(single.bundle_dir / "weights.safetensors"))
-    two = load_file(str(tmp_path / "two" / "bundle" / "weights.safetensors"))
-    assert one.keys() == two.keys()
-    for name in one:
-        gap = (one[name] - two[name]).abs().max().item() if one[name].numel() else 0.0
-        assert gap <= TOLERANCE, f"{name}: max difference {gap:.2e}"
-    history_one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").open()]
-    history_two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").open()]
-    for a, b in zip(history_one, history_two, strict=True):
-        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
-        assert b["validation_auc"] == pytest.approx(a["validation_auc"], abs=1e-5)
+    assert_same_run(tmp_path / "one", tmp_path / "two")
     assert (tmp_path / "two" / "checkpoint" / "manifest.json").exists()
 
 

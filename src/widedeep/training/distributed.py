@@ -88,8 +88,14 @@ def barrier() -> None:
 
 
 def local_device(device: torch.device) -> torch.device:
-    """Under torchrun on CUDA, this process's GPU (``cuda:LOCAL_RANK``); else ``device``."""
+    """Under torchrun on CUDA, this process's GPU (``cuda:LOCAL_RANK``); else ``device``.
+
+    Once a process group exists, the GPU its creator made current: ``process_group`` makes
+    it ``cuda:LOCAL_RANK``; Ray Train the GPU it assigned, which need not be that one.
+    """
     if launched() and device.type == "cuda":
+        if dist.is_available() and dist.is_initialized():
+            return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
 
@@ -106,8 +112,9 @@ def timeout() -> timedelta:
 
 @contextmanager
 def process_group(device: torch.device) -> Iterator[None]:
-    """Join torchrun's process group for the body, then leave it; outside torchrun (or when
-    a group is already there) do nothing.
+    """Join torchrun's process group for the body, then leave it; outside torchrun, or when
+    a group is already there (Ray Train starts one), do nothing: that group stays its
+    creator's to destroy.
 
     On an exception the group is not destroyed (that could wait on the peers): the error
     propagates, the process ends, and torchrun stops the others (see the module docstring).
