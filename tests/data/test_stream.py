@@ -276,3 +276,11 @@ def test_prefetch_keeps_order_and_raises_the_producers_error() -> None:
     endless = prefetch(iter(range(10**9)))
     assert next(endless) == 0
     endless.close()  # stops the thread instead of producing forever
+
+
+def test_a_long_streams_sample_keeps_no_chunk_alive() -> None:
+    frame = table_with_gaps()
+    stats = preprocessing._feature_stats(SCHEMA.feature("price"), frame, "t", stride=8, offset=3)
+    (sample,) = stats.sample
+    assert sample.base is None  # a view would hold all 2,400 rows of every chunk read
+    assert len(sample) == 300

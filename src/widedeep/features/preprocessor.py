@@ -335,6 +335,7 @@ class Preprocessor:
         cache: CodeCache | None = None,
     ) -> SideTable:
         state = self._check_fitted()
+        cache = {} if cache is None else cache  # a column feeding a field and a cross: encoded once
         layout = self.layout
         in_layout = {f.name for f in layout.fields} | set(layout.dense)
         components = {
@@ -358,7 +359,7 @@ class Preprocessor:
                     feature, frame, state[feature.name], where, column_report, cache
                 )
             if feature.name in components:
-                token = _component_tokens(feature, frame, state[feature.name], where)
+                token = _component_tokens(feature, frame, state[feature.name], where, cache)
             return value, column_report, token
 
         for feature, (value, column_report, token) in zip(
@@ -671,6 +672,16 @@ class _Codes:
         indices = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
         return cls(np.asarray(indices, dtype=np.int32), encoded.dictionary)
 
+    def hashes(self) -> NDArray[np.uint64]:
+        """Each row's string hash (``hashing.hash_strings``; a null hashes like ''),
+        computed once per distinct value."""
+        distinct = hashing.hash_strings(
+            pa.concat_arrays(
+                [self.dictionary.cast(pa.large_string()), pa.array([""], pa.large_string())]
+            )
+        )
+        return distinct[self.indices]  # index -1: the '' appended last
+
     def counts(self) -> pl.DataFrame:
         """How many rows hold each (non-null) value."""
         present = self.indices[self.indices >= 0]
@@ -748,7 +759,8 @@ def _feature_stats(
             missing=int(missing.sum()),
             mean=mean,
             m2=float(np.square(observed - mean).sum()),
-            sample=[values[(-offset) % stride :: stride]],
+            # a copy: a view would keep the whole chunk's column alive
+            sample=[values[(-offset) % stride :: stride].copy()],
         )
     return FeatureStats()  # crosses hash their components; nothing to learn
 
@@ -957,10 +969,9 @@ def _encode_sparse(
         report.missing = int(np.count_nonzero(codes.indices < 0))
         return ids
     if isinstance(feature, HashedFeature):
-        values = _strings(frame, feature, where)
-        hashes = hashing.hash_strings(values.to_arrow())
-        ids = (FIRST_ID + hashes % np.uint64(feature.num_buckets)).astype(np.int64)
-        nulls = values.is_null().to_numpy()
+        codes = _column_codes(frame, feature, where, cache)
+        ids = (FIRST_ID + codes.hashes() % np.uint64(feature.num_buckets)).astype(np.int64)
+        nulls = codes.indices < 0
         ids[nulls] = UNKNOWN_ID
         report.missing = int(nulls.sum())
         return ids
@@ -983,13 +994,16 @@ def _encode_sparse(
 
 
 def _component_tokens(
-    feature: Feature, frame: pl.DataFrame, state: dict[str, Any], where: str
+    feature: Feature,
+    frame: pl.DataFrame,
+    state: dict[str, Any],
+    where: str,
+    cache: CodeCache | None = None,
 ) -> _Tokens:
     """Hashes of a cross component's raw values (unseen values keep their own identity)."""
     if isinstance(feature, CategoricalFeature | HashedFeature):
-        values = _strings(frame, feature, where)
-        hashes = hashing.hash_strings(values.to_arrow())
-        return _Tokens(hashes[:, None], values.is_not_null().to_numpy()[:, None])
+        codes = _column_codes(frame, feature, where, cache)
+        return _Tokens(codes.hashes()[:, None], (codes.indices >= 0)[:, None])
     if isinstance(feature, BucketizedFeature):
         numbers = _numbers(frame, feature.source_column, where, feature.name)
         missing = np.isnan(numbers)
