@@ -52,8 +52,9 @@ class Piece:
 
 
 def parquet_files(spec: str | Path) -> list[Path]:
-    """The Parquet files ``spec`` names: a file, a folder (searched recursively, as
-    hive-partitioned data is laid out) or a glob pattern; sorted, never empty."""
+    """The Parquet files ``spec`` names: a file, a folder (searched recursively, so
+    partitioned layouts are found; a partition key that lives only in a folder name is not a
+    column) or a glob pattern; sorted, never empty."""
     text = str(spec)
     path = Path(text)
     if any(c in text for c in "*?["):
@@ -110,11 +111,12 @@ class ParquetStream:
         self.rows = sum(p.rows for p in pieces)
 
     def fingerprint(self) -> str:
-        """SHA-256 of the files' names, sizes and row groups (a resumed run checks that it
-        reads the same data; the files are not read)."""
+        """SHA-256 of the files' paths, sizes, modification times and row groups (a resumed
+        run checks that it reads the same data; the files are not read)."""
         digest = hashlib.sha256()
         for file in self.files:
-            digest.update(f"{file.name}:{file.stat().st_size};".encode())
+            stat = file.stat()
+            digest.update(f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns};".encode())
         for piece in self.pieces:
             digest.update(f"{piece.file}/{piece.row_group}/{piece.rows};".encode())
         return digest.hexdigest()
@@ -150,7 +152,7 @@ class ParquetStream:
 
 def fit_stream(preprocessor: Preprocessor, stream: ParquetStream) -> Preprocessor:
     """Fit ``preprocessor`` in one pass over ``stream``."""
-    return preprocessor.fit_chunks(prefetch(stream.chunks()), stream.rows, stream.spec)
+    return preprocessor.fit_chunks(prefetch(stream.chunks()), stream.spec)
 
 
 class ShuffleBuffer:
@@ -338,6 +340,10 @@ def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
             slots.put(_DONE)
         except BaseException as error:  # handed to the consumer, raised there
             slots.put(error)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # e.g. a generator holding an open Parquet file
 
     worker = threading.Thread(target=produce, name="widedeep-prefetch", daemon=True)
     worker.start()

@@ -163,19 +163,18 @@ class Preprocessor:
     def _fit_frame(
         self, frame: pl.DataFrame, where: str, cache: CodeCache | None = None
     ) -> Preprocessor:
-        stats = self._chunk_stats(Chunk(frame, where), sample_stride(frame.height), cache)
+        stats = self._chunk_stats(Chunk(frame, where), cache)
         return self._finish_fit(stats, where)
 
-    def fit_chunks(self, chunks: Iterable[Chunk], rows: int, where: str) -> Preprocessor:
-        """Learn each feature's state in one pass over a table read in ``chunks`` (``rows``
-        in all, named ``where``): counts and moments merge chunk by chunk, and medians and
-        quantiles come from every ``sample_stride(rows)``-th row, so memory holds one chunk
-        and the vocabularies, never the table. On a table of up to ``QUANTILE_SAMPLE`` rows
-        the state equals ``fit``'s (up to float rounding of means)."""
-        stride = sample_stride(rows)
+    def fit_chunks(self, chunks: Iterable[Chunk], where: str) -> Preprocessor:
+        """Learn each feature's state in one pass over a table read in ``chunks`` (named
+        ``where``): counts and moments merge chunk by chunk, and medians and quantiles come
+        from a sample of at most ``QUANTILE_SAMPLE`` values per feature (``FeatureStats``),
+        so memory holds one chunk and the vocabularies, never the table. With up to that
+        many observed values the state equals ``fit``'s (up to float rounding of means)."""
         total: list[FeatureStats] | None = None
         for chunk in chunks:
-            stats = self._chunk_stats(chunk, stride)
+            stats = self._chunk_stats(chunk)
             total = (
                 stats if total is None else [a.merge(b) for a, b in zip(total, stats, strict=True)]
             )
@@ -183,14 +182,12 @@ class Preprocessor:
             raise SchemaError(f"{where}: the table is empty (0 rows)")
         return self._finish_fit(total, where)
 
-    def _chunk_stats(
-        self, chunk: Chunk, stride: int, cache: CodeCache | None = None
-    ) -> list[FeatureStats]:
+    def _chunk_stats(self, chunk: Chunk, cache: CodeCache | None = None) -> list[FeatureStats]:
         frame, where = chunk.frame, chunk.where
         with chunk.numbered():
             _check_table(frame, self.schema, where, need_label=self.schema.label is not None)
             stats = _per_feature(
-                lambda f: _feature_stats(f, frame, where, stride, chunk.offset, cache),
+                lambda f: _feature_stats(f, frame, where, chunk.offset, cache),
                 list(self.schema.features),
                 frame.height,
             )
@@ -615,44 +612,90 @@ QUANTILE_SAMPLE = 1_000_000  # medians and quantiles come from at most this many
 class FeatureStats:
     """What fitting one feature needs from the rows read so far; chunks' stats merge.
 
-    counts: value -> count (vocabularies); longest: longest list (multi-valued);
-    rows / missing: values read / missing (numbers); mean, m2: mean and summed squared
-    deviation of the observed numbers (merged as Chan et al.'s parallel variance);
-    sample: the numbers of every ``stride``-th row (NaN where missing), for medians and
-    quantiles, so memory stays bounded however many rows a stream has.
+    counts: value -> count tables, merged lazily (vocabularies); longest: longest list
+    (multi-valued); rows / missing: numbers read / missing; mean, m2: mean and summed
+    squared deviation of the observed numbers (merged as Chan et al.'s parallel variance);
+    keys, sample: a bottom-k sample of the observed numbers for medians and quantiles: each
+    value has a pseudo-random key (a hash of its row's number and table) and the
+    ``QUANTILE_SAMPLE`` smallest keys are kept. It is every observed value up to that many,
+    a uniform sample of them beyond, the same whatever the chunking, and bounded in memory.
     """
 
-    counts: pl.DataFrame | None = None
+    counts: list[pl.DataFrame] = field(default_factory=list)
     longest: int = 0
     rows: int = 0
     missing: int = 0
     mean: float = 0.0
     m2: float = 0.0
-    sample: list[FloatArray] = field(default_factory=list)
+    keys: NDArray[np.uint64] = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+    sample: FloatArray = field(default_factory=lambda: np.empty(0))
+    limit: int | None = None  # once the sample is full: the largest key it keeps
 
     def merge(self, other: FeatureStats) -> FeatureStats:
         """The stats of both chunks' rows together (``self`` first)."""
-        counts = self.counts
-        if other.counts is not None:
-            counts = other.counts if counts is None else _merged_counts(counts, other.counts)
         seen, more = self.rows - self.missing, other.rows - other.missing
         total = seen + more
         delta = other.mean - self.mean
         mean = self.mean + delta * more / total if total else 0.0
         m2 = self.m2 + other.m2 + (delta * delta * seen * more / total if total else 0.0)
-        return FeatureStats(
-            counts=counts,
+        keys, sample = other.keys, other.sample
+        if self.limit is not None:  # keys above the full sample's largest can never enter it
+            kept = keys <= self.limit
+            keys, sample = keys[kept], sample[kept]
+        merged = FeatureStats(
+            counts=_pending_counts([*self.counts, *other.counts]),
             longest=max(self.longest, other.longest),
             rows=self.rows + other.rows,
             missing=self.missing + other.missing,
             mean=mean,
             m2=m2,
-            sample=self.sample + other.sample,
+            keys=np.concatenate([self.keys, keys]),
+            sample=np.concatenate([self.sample, sample]),
+            limit=self.limit,
         )
+        if len(merged.keys) > QUANTILE_SAMPLE * 5 // 4:  # some slack: partition now and then
+            merged.keys, merged.sample = _smallest(merged.keys, merged.sample)
+            merged.limit = int(merged.keys.max())
+        return merged
+
+    def value_counts(self) -> pl.DataFrame:
+        """Each value's count over all rows read."""
+        return _merged_counts(self.counts)
+
+    def observed_sample(self) -> FloatArray:
+        """The sampled observed numbers (all of them, up to ``QUANTILE_SAMPLE``)."""
+        return _smallest(self.keys, self.sample)[1]
 
 
-def _merged_counts(first: pl.DataFrame, second: pl.DataFrame) -> pl.DataFrame:
-    return pl.concat([first, second]).group_by("value").agg(pl.col("count").sum())
+def _smallest(
+    keys: NDArray[np.uint64], values: FloatArray
+) -> tuple[NDArray[np.uint64], FloatArray]:
+    """The ``QUANTILE_SAMPLE`` entries with the smallest keys."""
+    if len(keys) <= QUANTILE_SAMPLE:
+        return keys, values
+    chosen = np.argpartition(keys, QUANTILE_SAMPLE - 1)[:QUANTILE_SAMPLE]
+    return keys[chosen], values[chosen]
+
+
+def _merged_counts(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    if len(frames) == 1:
+        return frames[0]
+    return pl.concat(frames).group_by("value").agg(pl.col("count").sum())
+
+
+def _pending_counts(frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    """Count tables merged once the unmerged ones outgrow the merged first one, so a
+    stream of chunks costs O(rows) merging, not chunks x vocabulary."""
+    if len(frames) > 1 and sum(len(f) for f in frames[1:]) >= len(frames[0]):
+        return [_merged_counts(frames)]
+    return frames
+
+
+def _sample_keys(where: str, offset: int, n: int) -> NDArray[np.uint64]:
+    """Pseudo-random keys of rows ``offset`` .. ``offset + n - 1`` of the table ``where``
+    (a bijective hash of the row number, salted with the table's name)."""
+    salt = hashing.hash_string_list([where])[0]
+    return hashing.mix64(np.arange(offset, offset + n, dtype=np.uint64) ^ salt)
 
 
 @dataclass(frozen=True)
@@ -668,6 +711,8 @@ class _Codes:
         column = values.to_arrow()
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            column = column.cast(pa.large_string())  # e.g. an Arrow dictionary (categorical)
         encoded = pc.dictionary_encode(column)
         indices = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
         return cls(np.asarray(indices, dtype=np.int32), encoded.dictionary)
@@ -714,28 +759,22 @@ def _vocabulary(counts: pl.DataFrame, min_count: int, max_size: int | None) -> l
     return [str(v) for v in counts.get_column("value").to_list()]
 
 
-def sample_stride(rows: int) -> int:
-    """Every how many rows a numeric feature keeps a value for medians and quantiles."""
-    return max(1, -(-rows // QUANTILE_SAMPLE))
-
-
 def _feature_stats(
     feature: Feature,
     frame: pl.DataFrame,
     where: str,
-    stride: int,
     offset: int,
     cache: CodeCache | None = None,
 ) -> FeatureStats:
-    """One chunk's stats for ``feature``; ``offset``: the chunk's first row in the whole
-    table (the sample keeps the rows whose number is a multiple of ``stride``)."""
+    """One chunk's stats for ``feature``; ``offset``: the chunk's first row in the table
+    ``where`` (it keys the sample)."""
     if isinstance(feature, CategoricalFeature):
-        return FeatureStats(counts=_column_codes(frame, feature, where, cache).counts())
+        return FeatureStats(counts=[_column_codes(frame, feature, where, cache).counts()])
     if isinstance(feature, MultiCategoricalFeature):
         lists = _list_values(frame, feature, where)
         lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
         return FeatureStats(
-            counts=_Codes.of(pl.Series("value", pc.list_flatten(lists))).counts(),
+            counts=[_Codes.of(pl.Series("value", pc.list_flatten(lists))).counts()],
             longest=int(lengths.max()) if len(lengths) else 0,
         )
     if isinstance(feature, HashedFeature):
@@ -752,15 +791,16 @@ def _feature_stats(
                 _raise_missing(feature, values, where)
             if feature.transform == "log1p":
                 _check_log1p(feature, np.where(missing, 0.0, values), where)
-        observed = values[~missing]
+        observed = values[~missing]  # a copy, so no view keeps the chunk alive
         mean = float(observed.mean()) if observed.size else 0.0
+        keys, sample = _smallest(_sample_keys(where, offset, len(values))[~missing], observed)
         return FeatureStats(
             rows=len(values),
             missing=int(missing.sum()),
             mean=mean,
             m2=float(np.square(observed - mean).sum()),
-            # a copy: a view would keep the whole chunk's column alive
-            sample=[values[(-offset) % stride :: stride].copy()],
+            keys=keys,
+            sample=sample,
         )
     return FeatureStats()  # crosses hash their components; nothing to learn
 
@@ -768,12 +808,12 @@ def _feature_stats(
 def _fit_feature(feature: Feature, stats: FeatureStats, where: str) -> dict[str, Any]:
     """The fitted state of ``feature`` from the stats of all its training rows."""
     if isinstance(feature, CategoricalFeature):
-        assert stats.counts is not None
-        return {"vocabulary": _vocabulary(stats.counts, feature.min_count, feature.max_size)}
-    if isinstance(feature, MultiCategoricalFeature):
-        assert stats.counts is not None
         return {
-            "vocabulary": _vocabulary(stats.counts, feature.min_count, feature.max_size),
+            "vocabulary": _vocabulary(stats.value_counts(), feature.min_count, feature.max_size)
+        }
+    if isinstance(feature, MultiCategoricalFeature):
+        return {
+            "vocabulary": _vocabulary(stats.value_counts(), feature.min_count, feature.max_size),
             "max_values": feature.max_values or max(1, stats.longest),
         }
     if isinstance(feature, BucketizedFeature):
@@ -791,14 +831,13 @@ def _fit_feature(feature: Feature, stats: FeatureStats, where: str) -> dict[str,
 def _observed(
     feature: NumericFeature | BucketizedFeature, stats: FeatureStats, where: str
 ) -> FloatArray:
-    """The sampled values that are not missing; an error when every value is missing."""
-    values = np.concatenate(stats.sample) if stats.sample else np.empty(0)
+    """The sampled observed values; an error when every value is missing."""
     if stats.rows == stats.missing:
         raise SchemaError(
             f"Column '{feature.source_column}' of {where}: every value is missing, "
             f"nothing to fit feature '{feature.name}' on"
         )
-    return values[~np.isnan(values)]
+    return stats.observed_sample()
 
 
 def _fit_numeric(feature: NumericFeature, stats: FeatureStats, where: str) -> dict[str, Any]:
@@ -825,8 +864,10 @@ def _fit_numeric(feature: NumericFeature, stats: FeatureStats, where: str) -> di
         std = float(np.sqrt(filled.m2 / filled.rows))
         state.update(mean=filled.mean, std=std if std > 0 else 1.0)
     elif feature.transform == "quantile":
-        sample = np.concatenate(stats.sample)
-        filled_sample = np.where(np.isnan(sample), fill, sample)
+        # the missing values' share of the sample, as copies of the fill (all of them when
+        # the sample holds every observed value)
+        copies = round(len(observed) * stats.missing / (stats.rows - stats.missing))
+        filled_sample = np.concatenate([observed, np.full(copies, fill)])
         probs = np.arange(1, feature.num_quantiles) / feature.num_quantiles
         state["quantiles"] = np.quantile(filled_sample, probs).tolist()
     return state
