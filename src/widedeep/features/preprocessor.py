@@ -10,6 +10,7 @@ and the first bad row (rows are counted from 0).
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import re
@@ -627,8 +628,8 @@ class FeatureStats:
     missing: int = 0
     mean: float = 0.0
     m2: float = 0.0
-    keys: NDArray[np.uint64] = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
-    sample: FloatArray = field(default_factory=lambda: np.empty(0))
+    keys: list[NDArray[np.uint64]] = field(default_factory=list)  # parts, joined when full
+    sample: list[FloatArray] = field(default_factory=list)
     limit: int | None = None  # once the sample is full: the largest key it keeps
 
     def merge(self, other: FeatureStats) -> FeatureStats:
@@ -640,8 +641,9 @@ class FeatureStats:
         m2 = self.m2 + other.m2 + (delta * delta * seen * more / total if total else 0.0)
         keys, sample = other.keys, other.sample
         if self.limit is not None:  # keys above the full sample's largest can never enter it
-            kept = keys <= self.limit
-            keys, sample = keys[kept], sample[kept]
+            kept = [part <= self.limit for part in keys]
+            keys = [part[k] for part, k in zip(keys, kept, strict=True)]
+            sample = [part[k] for part, k in zip(sample, kept, strict=True)]
         merged = FeatureStats(
             counts=_pending_counts([*self.counts, *other.counts]),
             longest=max(self.longest, other.longest),
@@ -649,13 +651,14 @@ class FeatureStats:
             missing=self.missing + other.missing,
             mean=mean,
             m2=m2,
-            keys=np.concatenate([self.keys, keys]),
-            sample=np.concatenate([self.sample, sample]),
+            keys=[*self.keys, *keys],
+            sample=[*self.sample, *sample],
             limit=self.limit,
         )
-        if len(merged.keys) > QUANTILE_SAMPLE * 5 // 4:  # some slack: partition now and then
-            merged.keys, merged.sample = _smallest(merged.keys, merged.sample)
-            merged.limit = int(merged.keys.max())
+        if sum(len(part) for part in merged.keys) > QUANTILE_SAMPLE * 5 // 4:  # with slack
+            smallest_keys, smallest = _smallest(_joined(merged.keys), _joined(merged.sample))
+            merged.keys, merged.sample = [smallest_keys], [smallest]
+            merged.limit = int(smallest_keys.max())
         return merged
 
     def value_counts(self) -> pl.DataFrame:
@@ -664,7 +667,11 @@ class FeatureStats:
 
     def observed_sample(self) -> FloatArray:
         """The sampled observed numbers (all of them, up to ``QUANTILE_SAMPLE``)."""
-        return _smallest(self.keys, self.sample)[1]
+        return _smallest(_joined(self.keys), _joined(self.sample))[1]
+
+
+def _joined(parts: list[NDArray[Any]]) -> NDArray[Any]:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.empty(0)
 
 
 def _smallest(
@@ -694,8 +701,12 @@ def _pending_counts(frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
 def _sample_keys(where: str, offset: int, n: int) -> NDArray[np.uint64]:
     """Pseudo-random keys of rows ``offset`` .. ``offset + n - 1`` of the table ``where``
     (a bijective hash of the row number, salted with the table's name)."""
-    salt = hashing.hash_string_list([where])[0]
-    return hashing.mix64(np.arange(offset, offset + n, dtype=np.uint64) ^ salt)
+    return hashing.mix64(np.arange(offset, offset + n, dtype=np.uint64) ^ _salt(where))
+
+
+@functools.lru_cache(maxsize=1024)
+def _salt(where: str) -> np.uint64:
+    return np.uint64(hashing.hash_string_list([where])[0])
 
 
 @dataclass(frozen=True)
@@ -799,8 +810,8 @@ def _feature_stats(
             missing=int(missing.sum()),
             mean=mean,
             m2=float(np.square(observed - mean).sum()),
-            keys=keys,
-            sample=sample,
+            keys=[keys],
+            sample=[sample],
         )
     return FeatureStats()  # crosses hash their components; nothing to learn
 
