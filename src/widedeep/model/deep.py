@@ -6,6 +6,7 @@ from collections.abc import Collection, Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from widedeep.errors import ConfigError
@@ -184,14 +185,22 @@ class Deep(nn.Module):
         self, ids: Tensor, multi_ids: Sequence[Tensor] = (), dense: Tensor | None = None
     ) -> Tensor:
         """Encoded inputs -> (B,) deep logits."""
-        if self.fused:  # the fused gather is already laid out as the concatenation
-            rows = ids.index_select(1, self.fused_columns) + self.fused_offsets
-            others = self._blocks(ids, multi_ids, dense, self.multi_names + self.dense_names)
-            parts = [self.embeddings[0](rows).flatten(1), *(block for _, block in others)]
-        else:
+        if not self.fused:
             parts = [block for _, block in self._blocks(ids, multi_ids, dense)]
-        x = torch.cat(parts, dim=1)  # (B, sum D_f + D)
-        return self.head(self.mlp(x)).squeeze(-1)
+            return self.head(self.mlp(torch.cat(parts, dim=1))).squeeze(-1)
+        # The fused gather is laid out as the first blocks of the MLP input; the first layer
+        # reads it and the other blocks through two products, instead of copying all of
+        # them into one (B, input_dim) matrix first (that copy was a sixth of inference).
+        rows = ids.index_select(1, self.fused_columns) + self.fused_offsets
+        embedded = self.embeddings[0](rows).flatten(1)  # (B, F * D)
+        first = self.first_layer
+        width = embedded.shape[1]
+        pre = F.linear(embedded, first.weight[:, :width], first.bias)
+        others = self._blocks(ids, multi_ids, dense, self.multi_names + self.dense_names)
+        if others:
+            rest = torch.cat([block for _, block in others], dim=1)
+            pre = torch.addmm(pre, rest, first.weight[:, width:].t())
+        return self._after_first_layer(pre)
 
     @property
     def first_layer(self) -> nn.Linear:
@@ -219,6 +228,10 @@ class Deep(nn.Module):
         """(B, H) summed shares of every field -> (B,) deep logit."""
         first = self.first_layer
         x = pre + first.bias if first.bias is not None else pre
-        if first is self.head:
+        return self._after_first_layer(x)
+
+    def _after_first_layer(self, x: Tensor) -> Tensor:
+        """(B, H) first-layer outputs, bias included -> (B,) deep logit."""
+        if self.first_layer is self.head:
             return x.squeeze(-1)
         return self.head(self.mlp.layers[1:](x)).squeeze(-1)
