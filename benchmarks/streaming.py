@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "STREAMING.md")
     args = parser.parse_args()
     lines = [
-        "| train rows | encoded data MB | train samples/s | fit+first pass rows/s "
+        "| train rows | encoded data MB | train samples/s | one-pass fit rows/s "
         "| peak RSS MB | RSS vs first | test AUC |",
         "|---|---|---|---|---|---|---|",
     ]

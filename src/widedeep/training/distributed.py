@@ -41,6 +41,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from widedeep.data.batch import Batch
+from widedeep.data.stream import share
 from widedeep.data.tensors import TensorTable
 from widedeep.errors import ConfigError
 from widedeep.optim.rows import RowSums
@@ -187,6 +188,16 @@ def gather_to_main(value: T) -> list[T]:
     return gathered
 
 
+def broadcast_text(text: str | None) -> str:
+    """Rank 0's ``text`` on every rank (the others pass None); ``text`` in one process."""
+    if not is_distributed():
+        assert text is not None
+        return text
+    box = [text]
+    dist.broadcast_object_list(box, src=0)
+    return str(box[0])
+
+
 def agree(flag: bool) -> bool:
     """Rank 0's value of ``flag`` on every rank."""
     if not is_distributed():
@@ -206,8 +217,8 @@ def shard_batches(
     r, n = rank(), world_size()
     order = torch.randperm(len(table), generator=generator).to(table.ids.device)
     for rows in order.split(batch_size):
-        size = rows.numel()
-        yield table.take(rows[r * size // n : (r + 1) * size // n])
+        low, high = share(rows.numel(), r, n)
+        yield table.take(rows[low:high])
 
 
 class GradientExchange:

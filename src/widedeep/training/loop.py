@@ -396,13 +396,18 @@ def train_ablation(config: RunConfig, output_dir: str | Path) -> dict[str, Train
 
 
 def _streamed_table(config: RunConfig, preprocessor: Preprocessor) -> StreamedTable:
-    """The training table of ``data.stream``: ``preprocessor`` fitted in one pass over it."""
+    """The training table of ``data.stream``: ``preprocessor`` fitted in one pass over it
+    (under torchrun by rank 0 alone, its fitted state then sent to the other ranks)."""
     data, schema = config.data, config.feature_schema
     assert data.stream is not None and data.train is not None and schema.label is not None
     columns = [*schema.input_columns, schema.label.column]
     stream = ParquetStream(data.train, columns, data.stream.chunk_rows)
     log.info("%s: streaming %d rows in %d row groups", data.train, stream.rows, len(stream.pieces))
-    fit_stream(preprocessor, stream)
+    if distributed.is_main():
+        fit_stream(preprocessor, stream)
+    if distributed.is_distributed():  # one rank reads the table to fit; the others take its fit
+        fitted = json.dumps(preprocessor.to_dict()) if distributed.is_main() else None
+        preprocessor.state_ = json.loads(distributed.broadcast_text(fitted))["state"]
     return StreamedTable(stream, preprocessor, data.stream)
 
 
