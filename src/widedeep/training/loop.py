@@ -476,12 +476,13 @@ def _train_epoch(
     if isinstance(table, StreamedTable):
         n_batches = table.steps(batch_size, world)
         batches = table.batches(batch_size, generator, distributed.rank(), world)
-    elif exchange is None:
-        n_batches = (len(table) + batch_size - 1) // batch_size
-        batches = table.batches(batch_size, shuffle=True, generator=generator)
     else:
         n_batches = (len(table) + batch_size - 1) // batch_size
-        batches = distributed.shard_batches(table, batch_size, generator)
+        batches = (
+            table.batches(batch_size, shuffle=True, generator=generator)
+            if exchange is None
+            else distributed.shard_batches(table, batch_size, generator)
+        )
     first_step = (position.epoch - 1) * n_batches  # steps of the run before this epoch
     progress = settings.progress and distributed.is_main()
     # Summed on the device (``position.loss_sum``): reading the loss back each step would
