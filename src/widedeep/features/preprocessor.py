@@ -728,9 +728,11 @@ class _Codes:
         indices = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
         return cls(np.asarray(indices, dtype=np.int32), encoded.dictionary)
 
+    @functools.cached_property
     def hashes(self) -> NDArray[np.uint64]:
         """Each row's string hash (``hashing.hash_strings``; a null hashes like ''),
-        computed once per distinct value."""
+        computed once per distinct value, and once per column when a hashed field and a
+        cross both read it."""
         distinct = hashing.hash_strings(
             pa.concat_arrays(
                 [self.dictionary.cast(pa.large_string()), pa.array([""], pa.large_string())]
@@ -1022,7 +1024,7 @@ def _encode_sparse(
         return ids
     if isinstance(feature, HashedFeature):
         codes = _column_codes(frame, feature, where, cache)
-        ids = (FIRST_ID + codes.hashes() % np.uint64(feature.num_buckets)).astype(np.int64)
+        ids = (FIRST_ID + codes.hashes % np.uint64(feature.num_buckets)).astype(np.int64)
         nulls = codes.indices < 0
         ids[nulls] = UNKNOWN_ID
         report.missing = int(nulls.sum())
@@ -1055,7 +1057,7 @@ def _component_tokens(
     """Hashes of a cross component's raw values (unseen values keep their own identity)."""
     if isinstance(feature, CategoricalFeature | HashedFeature):
         codes = _column_codes(frame, feature, where, cache)
-        return _Tokens(codes.hashes()[:, None], (codes.indices >= 0)[:, None])
+        return _Tokens(codes.hashes[:, None], (codes.indices >= 0)[:, None])
     if isinstance(feature, BucketizedFeature):
         numbers = _numbers(frame, feature.source_column, where, feature.name)
         missing = np.isnan(numbers)
