@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--shapes", action="store_true", help="group operators by input shape")
     add_model_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -94,11 +95,12 @@ def main() -> None:
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=args.shapes) as prof:
         run_steps(50, record=False)
         sync()
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(prof.key_averages().table(sort_by=sort, row_limit=18))
+    averages = prof.key_averages(group_by_input_shape=args.shapes)
+    print(averages.table(sort_by=sort, row_limit=40 if args.shapes else 18))
 
 
 if __name__ == "__main__":

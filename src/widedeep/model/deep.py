@@ -6,11 +6,11 @@ from collections.abc import Collection, Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from widedeep.errors import ConfigError
 from widedeep.features.layout import SparseField
+from widedeep.model.gather import gather_fields
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -148,15 +148,17 @@ class Deep(nn.Module):
         """Each field's input block (B, D_f), in MLP-input order; only ``names`` if given."""
         chosen = [i for i, name in enumerate(self.single_names) if names is None or name in names]
         if self.fused and chosen:
-            rows = ids.index_select(1, self.fused_columns[chosen]) + self.fused_offsets[chosen]
-            vectors = self.embeddings[0](rows)  # (B, F_chosen, D)
+            table = self.fused_table
+            columns, offsets = self.fused_columns[chosen], self.fused_offsets[chosen]
+            flat = gather_fields(table, ids, columns, offsets)  # (B, F_chosen * D)
+            vectors = flat.view(ids.shape[0], len(chosen), table.embedding_dim)
             blocks = [(self.single_names[i], vectors[:, j]) for j, i in enumerate(chosen)]
         else:
             blocks = [
                 (self.single_names[i], self.embeddings[i](ids[:, self.single_columns[i]]))
                 for i in chosen
             ]
-        for name, table, position, mean in zip(
+        for name, multi_table, position, mean in zip(
             self.multi_names,
             self.multi_embeddings,
             self.multi_positions,
@@ -166,7 +168,7 @@ class Deep(nn.Module):
             if names is not None and name not in names:
                 continue
             values = multi_ids[position]  # (B, L)
-            pooled = table(values).sum(dim=1)  # padding rows are zero vectors
+            pooled = multi_table(values).sum(dim=1)  # padding rows are zero vectors
             if mean:
                 count = (values != 0).sum(dim=1, keepdim=True).clamp(min=1)
                 pooled = pooled / count
@@ -185,22 +187,23 @@ class Deep(nn.Module):
         self, ids: Tensor, multi_ids: Sequence[Tensor] = (), dense: Tensor | None = None
     ) -> Tensor:
         """Encoded inputs -> (B,) deep logits."""
-        if not self.fused:
-            parts = [block for _, block in self._blocks(ids, multi_ids, dense)]
-            return self.head(self.mlp(torch.cat(parts, dim=1))).squeeze(-1)
-        # The fused gather is laid out as the first blocks of the MLP input; the first layer
-        # reads it and the other blocks through two products, instead of copying all of
-        # them into one (B, input_dim) matrix first (that copy was a sixth of inference).
-        rows = ids.index_select(1, self.fused_columns) + self.fused_offsets
-        embedded = self.embeddings[0](rows).flatten(1)  # (B, F * D)
-        first = self.first_layer
-        width = embedded.shape[1]
-        pre = F.linear(embedded, first.weight[:, :width], first.bias)
-        others = self._blocks(ids, multi_ids, dense, self.multi_names + self.dense_names)
-        if others:
-            rest = torch.cat([block for _, block in others], dim=1)
-            pre = torch.addmm(pre, rest, first.weight[:, width:].t())
-        return self._after_first_layer(pre)
+        if self.fused and not self.multi_names:
+            # The common case: every sparse field in one table. One fused lookup writes the
+            # MLP's whole input, embeddings and dense columns, with no concatenation.
+            if self.dense_dim and dense is None:
+                raise ConfigError(f"the deep part expects {self.dense_dim} dense columns, got none")
+            table = self.fused_table
+            x = gather_fields(table, ids, self.fused_columns, self.fused_offsets, dense)
+            return self.head(self.mlp(x)).squeeze(-1)
+        parts = [block for _, block in self._blocks(ids, multi_ids, dense)]
+        return self.head(self.mlp(torch.cat(parts, dim=1))).squeeze(-1)
+
+    @property
+    def fused_table(self) -> nn.Embedding:
+        """The one table that holds every single-valued field (when ``fused``)."""
+        table = self.embeddings[0]
+        assert isinstance(table, nn.Embedding)
+        return table
 
     @property
     def first_layer(self) -> nn.Linear:

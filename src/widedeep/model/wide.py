@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from widedeep.features.layout import SparseField
+from widedeep.model.gather import gather_fields
 
 
 def _offsets(fields: Sequence[SparseField], start: int) -> tuple[list[int], int]:
@@ -58,9 +59,8 @@ class Wide(nn.Module):
         logits = ids.new_zeros(ids.shape[0], dtype=self.weight.weight.dtype)
         chosen = [i for i, name in enumerate(self.single_names) if name in names]
         if chosen:
-            columns = self.single_columns[chosen]
-            rows = ids.index_select(1, columns) + self.single_offsets[chosen]
-            logits = logits + self.weight(rows).sum(dim=(1, 2))
+            columns, offsets = self.single_columns[chosen], self.single_offsets[chosen]
+            logits = logits + gather_fields(self.weight, ids, columns, offsets).sum(dim=1)
         for name, position, offset in zip(
             self.multi_names, self.multi_positions, self.multi_offsets, strict=True
         ):
@@ -74,8 +74,8 @@ class Wide(nn.Module):
         """(B, F) ids and (B, L) multi-valued ids -> (B,) wide logits."""
         logits = ids.new_zeros(ids.shape[0], dtype=self.weight.weight.dtype)
         if len(self.single_offsets):
-            rows = ids.index_select(1, self.single_columns) + self.single_offsets  # (B, Fw)
-            logits = logits + self.weight(rows).sum(dim=(1, 2))
+            terms = gather_fields(self.weight, ids, self.single_columns, self.single_offsets)
+            logits = logits + terms.sum(dim=1)  # (B, Fw) weights summed
         for position, offset in zip(self.multi_positions, self.multi_offsets, strict=True):
             values = multi_ids[position]  # (B, L), 0 = padding
             weights = self.weight(values + offset).squeeze(-1) * (values != 0)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
+from widedeep import kernels
 from widedeep.errors import ConfigError
 from widedeep.optim.rows import RowSums
 
@@ -99,6 +100,9 @@ class FTRL(Optimizer):
                     # Duplicate ids summed; then each touched row is distinct, so
                     # gather → update → write back gives the dense update on those rows.
                     rows, values = self._row_sums(param, grad)
+                    if kernels.usable(param, z, n, values):
+                        kernels.ftrl_rows_(param, z, n, rows, values, (lr, beta, l1, l2))
+                        continue
                     new_w, new_z, new_n = _ftrl_update(
                         param.index_select(0, rows),
                         z.index_select(0, rows),

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from widedeep import kernels
 from widedeep.errors import ConfigError
 from widedeep.optim.rows import RowSums
 
@@ -73,6 +74,13 @@ class LazyAdam(Optimizer):
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 if param.grad.is_sparse:
                     rows, grad = self._row_sums(param, param.grad)
+                    if kernels.usable(param, exp_avg, exp_avg_sq, grad):
+                        betas = (beta1, beta2)
+                        eps = group["eps"]
+                        kernels.adam_rows_(
+                            param, exp_avg, exp_avg_sq, rows, grad, size, betas, root_bc2, eps
+                        )
+                        continue
                     m = exp_avg.index_select(0, rows).mul_(beta1).add_(grad, alpha=1 - beta1)
                     v = exp_avg_sq.index_select(0, rows).mul_(beta2)
                     v.addcmul_(grad, grad, value=1 - beta2)
@@ -117,6 +125,9 @@ class LazyAdagrad(Optimizer):
                 total = state["sum"]
                 if param.grad.is_sparse:
                     rows, grad = self._row_sums(param, param.grad)
+                    if kernels.usable(param, total, grad):
+                        kernels.adagrad_rows_(param, total, rows, grad, group["lr"], group["eps"])
+                        continue
                     s = total.index_select(0, rows).addcmul_(grad, grad)
                     total.index_copy_(0, rows, s)
                     update = grad / s.sqrt_().add_(group["eps"])

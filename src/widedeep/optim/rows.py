@@ -12,12 +12,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from widedeep import kernels
+
 
 class RowSums:
     """Per-table scratch space for summing sparse gradients by row (one per optimizer)."""
 
     def __init__(self) -> None:
         self._slots: dict[int, Tensor] = {}
+        self._grouper = kernels.RowGrouper()
 
     def __call__(self, param: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
         """``(rows, sums)``: each row ``grad`` touches once, and its gradient summed."""
@@ -28,6 +31,8 @@ class RowSums:
         if grad.is_coalesced():
             return grad.indices()[0], grad.values()
         ids, values = grad._indices()[0], grad._values()
+        if kernels.usable(param, values):
+            return self._grouper(param, ids, values)  # the same, in one fused loop
         slot = self._slots.get(id(param))
         if slot is None or slot.shape[0] != param.shape[0] or slot.device != param.device:
             slot = torch.empty(param.shape[0], dtype=torch.int32, device=param.device)

@@ -1,0 +1,168 @@
+"""The fused CPU loops give what the torch ops they replace give: lookups, gradients, updates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+
+from widedeep import kernels
+from widedeep.data.batch import Batch
+from widedeep.features.layout import FeatureLayout, SparseField
+from widedeep.model.gather import gather_fields
+from widedeep.model.widedeep import WideDeep
+from widedeep.optim import FTRL, LazyAdagrad, LazyAdam
+
+pytestmark = pytest.mark.skipif(not kernels.ENABLED, reason="numba is not installed")
+
+
+@pytest.fixture
+def torch_ops(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool], None]:
+    """Switch between the fused loops (True) and the torch ops (False)."""
+
+    def use(fused: bool) -> None:
+        monkeypatch.setattr(kernels, "ENABLED", fused)
+
+    return use
+
+
+def fields_and_ids(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ids (B, 5) of which columns 0, 2, 3 are looked up, each field offset into one table."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 7, (64, 5), generator=generator)  # few distinct ids: duplicates
+    return ids, torch.tensor([0, 2, 3]), torch.tensor([0, 7, 14])
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("with_dense", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_lookup_and_its_gradient_equal_torchs(
+    torch_ops: Callable[[bool], None], sparse: bool, with_dense: bool, dtype: torch.dtype
+) -> None:
+    ids, columns, offsets = fields_and_ids()
+    dense = torch.randn(64, 2, generator=torch.Generator().manual_seed(1)) if with_dense else None
+    results = []
+    for fused in (True, False):
+        torch_ops(fused)
+        torch.manual_seed(0)
+        table = torch.nn.Embedding(21, 4, sparse=sparse).to(dtype)
+        out = gather_fields(table, ids, columns, offsets, dense)
+        weights = torch.linspace(-1, 1, out.shape[1], dtype=dtype)
+        (out * weights).pow(2).sum().backward()
+        assert table.weight.grad is not None
+        assert table.weight.grad.is_sparse == sparse
+        results.append((out.detach(), table.weight.grad.to_dense()))
+    (fused_out, fused_grad), (torch_out, torch_grad) = results
+    assert fused_out.shape == (64, 3 * 4 + (2 if with_dense else 0))
+    assert torch.equal(fused_out, torch_out)
+    torch.testing.assert_close(fused_grad, torch_grad)
+
+
+def test_fused_lookup_reads_int32_ids(torch_ops: Callable[[bool], None]) -> None:
+    ids, columns, offsets = fields_and_ids()
+    table = torch.nn.Embedding(21, 3)
+    with torch.no_grad():
+        fused = gather_fields(table, ids.int(), columns, offsets)
+        torch_ops(False)
+        reference = gather_fields(table, ids, columns, offsets)
+    assert torch.equal(fused, reference)
+
+
+def test_an_id_outside_the_table_is_an_index_error_naming_the_batch_row() -> None:
+    ids, columns, offsets = fields_and_ids()
+    ids[41, 2] = 99
+    table = torch.nn.Embedding(21, 3)
+    with pytest.raises(IndexError, match="batch row 41"):
+        gather_fields(table, ids, columns, offsets)
+
+
+def test_a_model_trained_with_the_fused_loops_equals_one_trained_with_torch_ops(
+    torch_ops: Callable[[bool], None],
+) -> None:
+    """Wide and deep lookups, sparse gradients, LazyAdam / FTRL updates: five steps agree."""
+    layout = FeatureLayout(
+        single=tuple(SparseField(name=f"f{i}", cardinality=9, embedding_dim=4) for i in range(3)),
+        dense=("x",),
+    )
+    generator = torch.Generator().manual_seed(3)
+    batches = [
+        (
+            torch.randint(0, 9, (32, 3), generator=generator),
+            torch.randn(32, 1, generator=generator, dtype=torch.float64),
+            torch.randint(0, 2, (32,), generator=generator).double(),
+        )
+        for _ in range(5)
+    ]
+    states = []
+    for fused in (True, False):
+        torch_ops(fused)
+        torch.manual_seed(0)
+        model = WideDeep.from_layout(layout, hidden_units=[8], sparse_gradients=True).double()
+        groups = model.parameter_groups()
+        optimizers = [
+            FTRL(groups["wide_tables"], lr=0.1, l1=0.01),
+            LazyAdam(groups["deep_tables"], lr=0.01),
+            torch.optim.Adam([*groups["deep_dense"], *groups["wide_dense"]], lr=0.01),
+        ]
+        for ids, dense, labels in batches:
+            logits = model.logits(Batch(ids=ids, dense=dense))
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for optimizer in optimizers:
+                optimizer.step()
+        states.append(model.state_dict())
+    for name, value in states[0].items():
+        torch.testing.assert_close(value, states[1][name], rtol=0, atol=1e-12, msg=name)
+
+
+def sparse_steps(table_rows: int = 50, steps: int = 4) -> Iterator[torch.Tensor]:
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(steps):
+        yield torch.randint(0, table_rows // 2, (40,), generator=generator) * 2  # repeats
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: LazyAdam(p, lr=0.05),
+        lambda p: LazyAdagrad(p, lr=0.05),
+        lambda p: FTRL(p, lr=0.05, l1=0.02, l2=0.01),
+    ],
+    ids=["adam", "adagrad", "ftrl"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_row_updates_equal_the_torch_ops(
+    torch_ops: Callable[[bool], None],
+    make: Callable[..., torch.optim.Optimizer],
+    dtype: torch.dtype,
+) -> None:
+    finals = []
+    for fused in (True, False):
+        torch_ops(fused)
+        torch.manual_seed(0)
+        table = torch.nn.Embedding(50, 3, sparse=True).to(dtype)
+        optimizer = make(table.parameters())
+        for ids in sparse_steps():
+            optimizer.zero_grad()
+            (table(ids) * torch.arange(3, dtype=dtype)).sum().backward()
+            optimizer.step()
+        finals.append((table.weight.detach().clone(), optimizer.state[table.weight]))
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(finals[0][0], finals[1][0], rtol=0, atol=tolerance)
+    for key, value in finals[0][1].items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(value, finals[1][1][key], rtol=0, atol=tolerance)
+
+
+def test_a_bad_row_leaves_the_scratch_space_clean_for_the_next_step() -> None:
+    grouper = kernels.RowGrouper()
+    param = torch.zeros(10, 2)
+    values = torch.ones(4, 2)
+    with pytest.raises(IndexError, match="outside its table of 10 rows"):
+        grouper(param, torch.tensor([1, 3, 12, 1]), values)
+    rows, sums = grouper(param, torch.tensor([3, 1, 3, 5]), values)
+    assert rows.tolist() == [3, 1, 5]
+    assert sums.tolist() == [[2.0, 2.0], [1.0, 1.0], [1.0, 1.0]]
