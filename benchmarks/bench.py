@@ -23,6 +23,7 @@ import platform
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import torch
 from limits import bare_mlp_rates, matmul_gflops, training_flops_per_sample
 
 from widedeep.data.ctr import make_ctr
+from widedeep.training.loop import resolve_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRATCH = ROOT / "bench-scratch"
@@ -50,7 +52,12 @@ def ctr_data(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def run_library(
-    python: Path, script: Path, args: argparse.Namespace, data: tuple[Path, Path], out: Path
+    python: Path,
+    script: Path,
+    args: argparse.Namespace,
+    data: tuple[Path, Path],
+    out: Path,
+    extra: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One library's training run in its own process; its JSON report."""
     command = [
@@ -59,7 +66,7 @@ def run_library(
         "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
         "--embedding-dim", str(args.embedding_dim), "--hidden", args.hidden,
         "--lr", str(args.lr), "--threads", str(args.threads), "--output", str(out),
-        "--device", args.device,
+        "--device", args.device, *extra,
     ]  # fmt: skip
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
@@ -77,6 +84,7 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "library": last["library"],
         "version": last["version"],
+        "precision": last.get("precision", "fp32"),
         "preprocess": statistics.median(r["preprocess_rows_per_s"] for r in reports),
         "train": statistics.median(steady(r) for r in reports),
         "infer": statistics.median(r["infer_samples_per_s"] for r in reports),
@@ -97,20 +105,33 @@ def table(rows: list[dict[str, Any]], limits: dict[str, float]) -> str:
     ]
     for row in rows:
         lines.append(
-            f"| {row['library']} {row['version']} | {row['preprocess']:,.0f} | "
+            f"| {row['library']} {row['version']} ({row['precision']}) | "
+            f"{row['preprocess']:,.0f} | "
             f"{row['train']:,.0f} | {row['infer']:,.0f} | {row['rss']:,.0f} | "
             f"{row['auc']:.4f} | {row['logloss']:.4f} |"
         )
     lines.append(
-        f"| bare MLP (limit) | | {limits['mlp_train']:,.0f} | {limits['mlp_infer']:,.0f} | | | |"
+        f"| bare MLP fp32 (limit) | | {limits['mlp_train']:,.0f} | {limits['mlp_infer']:,.0f} "
+        "| | | |"
     )
+    if limits["mlp_train_bf16"]:
+        lines.append(
+            f"| bare MLP bf16 autocast (limit) | | {limits['mlp_train_bf16']:,.0f} | | | | |"
+        )
     lines.append(f"| matmul roofline (limit) | | {limits['roofline']:,.0f} | | | | |")
     ours = next(r for r in rows if r["library"] == "widedeep")
-    peers = [r for r in rows if r["library"] != "widedeep"]
+    peers = [r for r in rows if not r["library"].startswith("widedeep")]
     lines.append("")
-    lines.append(f"- widedeep training = {ours['train'] / limits['mlp_train']:.0%} of the bare-MLP "
-                 f"rate, {ours['train'] / limits['roofline']:.0%} of the matmul roofline "
+    lines.append(f"- widedeep training ({ours['precision']}, the default here) = "
+                 f"{ours['train'] / limits['mlp_train']:.0%} of the fp32 bare-MLP rate, "
+                 f"{ours['train'] / limits['roofline']:.0%} of the fp32 matmul roofline "
                  f"({limits['gflops']:.0f} GFLOP/s)")  # fmt: skip
+    if limits["mlp_train_bf16"]:
+        fp32 = next(r for r in rows if r["library"] == "widedeep fp32")
+        lines.append(f"- in the same precision: widedeep bf16 = "
+                     f"{ours['train'] / limits['mlp_train_bf16']:.0%} of the bf16 bare-MLP rate; "
+                     f"widedeep fp32 = {fp32['train'] / limits['mlp_train']:.0%} of the fp32 "
+                     "bare-MLP rate")  # fmt: skip
     lines.append(f"- widedeep inference = {ours['infer'] / ours['bare_infer']:.0%} of the "
                  f"bare-MLP forward rate measured beside it in the same process, alternating "
                  f"rounds, batch 4096 ({ours['bare_infer']:,.0f} samples/s; "
@@ -159,9 +180,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     data = ctr_data(args)
-    runs: dict[str, tuple[Path, Path]] = {
-        "widedeep": (Path(sys.executable), ROOT / "benchmarks" / "run_widedeep.py")
-    }
+    ours = ROOT / "benchmarks" / "run_widedeep.py"
+    runs: dict[str, tuple[Path, Path, list[str]]] = {"widedeep": (Path(sys.executable), ours, [])}
+    bf16 = resolve_precision(torch.device(args.device), "auto") == "bf16"
+    if bf16:  # the default trains in bf16 here: also run fp32, to compare with the fp32 limits
+        runs["widedeep fp32"] = (Path(sys.executable), ours, ["--precision", "fp32"])
     chosen = dict(item.split("=", 1) for item in args.peer)
     unknown = set(chosen) - set(PEERS)
     if unknown:
@@ -169,15 +192,15 @@ def main() -> None:
     for name, (venv, script) in PEERS.items():
         python = Path(chosen[name]) if name in chosen else SCRATCH / venv / "bin" / "python"
         if not args.no_peers and (name in chosen or python.exists()):
-            runs[name] = (python, ROOT / "benchmarks" / "peers" / script)
+            runs[name] = (python, ROOT / "benchmarks" / "peers" / script, [])
     rows = []
     rows_repeats: dict[str, int] = {}
-    for name, (python, script) in runs.items():
+    for name, (python, script, extra) in runs.items():
         repeats = args.repeats
-        if name != "widedeep" and args.peer_repeats is not None:
+        if not name.startswith("widedeep") and args.peer_repeats is not None:
             repeats = args.peer_repeats
         reports = [
-            run_library(python, script, args, data, SCRATCH / f"{name}-{i}.json")
+            run_library(python, script, args, data, SCRATCH / f"{name}-{i}.json", extra)
             for i in range(repeats)
         ]
         rows_repeats[name] = repeats
@@ -187,8 +210,10 @@ def main() -> None:
     hidden = [int(h) for h in args.hidden.split(",")]
     width = CATEGORICAL_FIELDS * args.embedding_dim + NUMERIC_FIELDS
     bare = bare_mlp_rates(width, hidden, args.batch_size, args.lr, args.device)
+    bare_bf16 = bare_mlp_rates(width, hidden, args.batch_size, args.lr, args.device, bf16=True)
     gflops = matmul_gflops(args.batch_size, width, hidden[0], args.device)
     limits = {
+        "mlp_train_bf16": bare_bf16["train_samples_per_s"] if bf16 else 0.0,
         "mlp_train": bare["train_samples_per_s"],
         "mlp_infer": bare["infer_samples_per_s"],
         "gflops": gflops,

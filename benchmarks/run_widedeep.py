@@ -29,6 +29,7 @@ from widedeep.config import RunConfig
 from widedeep.data.tensors import TensorTable
 from widedeep.inference import predict
 from widedeep.metrics import auc, log_loss
+from widedeep.training.loop import resolve_precision
 
 NUMERIC = [f"I{i}" for i in range(1, 14)]
 CATEGORICAL = [f"C{i}" for i in range(1, 27)]
@@ -66,6 +67,7 @@ def criteo_config(args: argparse.Namespace, train: str, test: str) -> RunConfig:
                 "batch_size": args.batch_size,
                 "threads": args.threads,
                 "device": args.device,
+                "precision": args.precision,
                 "wide_optimizer": optimizer,
                 "deep_optimizer": optimizer,
                 "early_stopping": None,
@@ -120,6 +122,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument(
         "--hashed-buckets", type=int, default=0, help="hash the C fields into N buckets each"
     )
@@ -167,7 +170,8 @@ def main() -> None:
         for row in result.history
     ]
     report = {
-        "library": "widedeep",
+        "library": "widedeep" if args.precision == "auto" else f"widedeep {args.precision}",
+        "precision": resolve_precision(torch.device(args.device), args.precision),
         "version": widedeep.__version__,
         "torch": torch.__version__,
         "preprocess_rows_per_s": train_rows / preprocess_seconds,

@@ -100,6 +100,9 @@ if njit is not None:
         return signature, codegen
 
 
+GATHER_AHEAD = 2  # batch rows ahead that a lookup prefetches (each row: one table row per field)
+
+
 def _scalar_type(tensor: Tensor) -> type[np.floating[Any]]:
     """numpy's scalar type for a tensor's dtype: hyperparameters passed as such keep a
     float32 loop in float32 (a Python float would promote it to float64, 2x slower)."""
@@ -239,33 +242,41 @@ def _ftrl_rows(param, z, n, rows, sums, lr, beta, l1, l2):  # type: ignore[no-un
                 weights[d] = -shrunk / ((beta + root) / lr + l2)
 
 
-@_jit
 def _gather_fields(table, ids, columns, offsets, dense, out, rows):  # type: ignore[no-untyped-def]  # pragma: no cover
     """``out[b, f*D:(f+1)*D] = table[ids[b, columns[f]] + offsets[f]]`` and the rows looked
     up into ``rows[b, f]``; ``dense[b]`` into the columns after the fields. Returns the first
-    batch row with an id outside the table, or -1. (One thread: split over two, the lookups
-    were no faster in a training step, measured in place.)"""
+    batch row with an id outside the table, or -1."""
     batch, fields = rows.shape
     width = table.shape[1]
     tail = fields * width
+    bad = np.zeros(batch, dtype=np.bool_)
     for b in range(batch):
-        if b + 2 < batch:
+        if b + GATHER_AHEAD < batch:
             for f in range(fields):
-                ahead = ids[b + 2, columns[f]] + offsets[f]
+                ahead = ids[b + GATHER_AHEAD, columns[f]] + offsets[f]
                 if 0 <= ahead < table.shape[0]:
                     _prefetch(table, ahead)
         for f in range(fields):
             row = ids[b, columns[f]] + offsets[f]
-            if row < 0 or row >= table.shape[0]:
-                return b
             rows[b, f] = row
+            if row < 0 or row >= table.shape[0]:
+                bad[b] = True
+                continue
             source = table[row]
             start = f * width
             for d in range(width):
                 out[b, start + d] = source[d]
         for j in range(dense.shape[1]):
             out[b, tail + j] = dense[b, j]
+    for b in range(batch):
+        if bad[b]:
+            return b
     return -1
+
+
+# One thread: split over two, lookups were slower in place, in training steps and in scoring
+# (numba's threads wait for the cores torch's threads hold between its operators).
+_gather_fields = _jit(_gather_fields)
 
 
 def gather_fields_(
@@ -278,7 +289,7 @@ def gather_fields_(
     out = torch.empty((batch, fields * width + extra), dtype=table.dtype)
     rows = torch.empty((batch, fields), dtype=torch.int64)
     no_dense = np.empty((batch, 0), dtype=np.float32)
-    first_bad = _gather_fields(
+    arrays = (
         _rows_view(table),
         ids.numpy(),
         columns.numpy(),
@@ -287,6 +298,7 @@ def gather_fields_(
         out.numpy(),
         rows.numpy(),
     )
+    first_bad = _gather_fields(*arrays)
     if first_bad >= 0:
         raise IndexError(
             f"batch row {first_bad}: an id outside the embedding table of {table.shape[0]} rows"

@@ -28,7 +28,7 @@ from fixtures_train import (
 from widedeep.config import RunConfig, TrainConfig, load_config
 from widedeep.errors import ConfigError, WideDeepError
 from widedeep.optim import FTRL, LazyAdagrad, LazyAdam
-from widedeep.training.loop import EarlyStopping, TrainResult, train
+from widedeep.training.loop import EarlyStopping, TrainResult, resolve_precision, train
 from widedeep.training.optimizers import build_optimizers
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -92,6 +92,36 @@ def test_each_part_learns_from_one_schema(
     assert result.test_metrics["auc"] > 0.7
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < losses[0]
+
+
+def test_bf16_training_learns_what_fp32_training_learns(
+    base: dict[str, Any], tmp_path: Path, no_plots: None
+) -> None:
+    """bf16 autocast of the hidden layers: same data, same seed, about the same AUC; the
+    weights stay float32 (autocast computes in bf16, it does not store in it)."""
+    fp32 = run(base, tmp_path / "fp32", "train.precision=fp32")
+    bf16 = run(base, tmp_path / "bf16", "train.precision=bf16")
+    assert fp32.test_metrics is not None and bf16.test_metrics is not None
+    assert abs(bf16.test_metrics["auc"] - fp32.test_metrics["auc"]) < 0.01
+    assert bf16.model is not None
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+    assert not torch.equal(  # it did run in bf16: the weights differ in the last bits
+        bf16.model.state_dict()["deep.head.weight"],
+        fp32.model.state_dict()["deep.head.weight"],  # type: ignore[union-attr]
+    )
+
+
+def test_auto_precision_is_bf16_only_on_a_cpu_with_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for explicit in ("fp32", "bf16"):
+        assert resolve_precision(cpu, explicit) == resolve_precision(cuda, explicit) == explicit
+    assert resolve_precision(cuda, "auto") == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_precision(cpu, "auto") == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_precision(cpu, "auto") == "fp32"
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert resolve_precision(cpu, "auto") == "fp32"
 
 
 def test_run_directory_holds_bundle_metrics_config_and_plots(

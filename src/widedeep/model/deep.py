@@ -194,9 +194,17 @@ class Deep(nn.Module):
                 raise ConfigError(f"the deep part expects {self.dense_dim} dense columns, got none")
             table = self.fused_table
             x = gather_fields(table, ids, self.fused_columns, self.fused_offsets, dense)
-            return self.head(self.mlp(x)).squeeze(-1)
+            return self._output(self.mlp(x))
         parts = [block for _, block in self._blocks(ids, multi_ids, dense)]
-        return self.head(self.mlp(torch.cat(parts, dim=1))).squeeze(-1)
+        return self._output(self.mlp(torch.cat(parts, dim=1)))
+
+    def _output(self, hidden: Tensor) -> Tensor:
+        """(B, H) last hidden layer -> (B,) logit, in float32 even under bf16 autocast: a
+        bf16 logit is only good to about 1%, coarse for ranking and for the loss."""
+        if torch.is_autocast_enabled(hidden.device.type):
+            with torch.autocast(hidden.device.type, enabled=False):
+                return self.head(hidden.float()).squeeze(-1)
+        return self.head(hidden).squeeze(-1)
 
     @property
     def fused_table(self) -> nn.Embedding:
@@ -237,4 +245,4 @@ class Deep(nn.Module):
         """(B, H) first-layer outputs, bias included -> (B,) deep logit."""
         if self.first_layer is self.head:
             return x.squeeze(-1)
-        return self.head(self.mlp.layers[1:](x)).squeeze(-1)
+        return self._output(self.mlp.layers[1:](x))

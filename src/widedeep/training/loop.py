@@ -12,6 +12,7 @@ rank trains its slice of every global batch, and only rank 0 writes the run dire
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
@@ -88,6 +89,26 @@ def seed_everything(seed: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``train.precision`` made concrete: ``auto`` is bf16 on a CPU with AMX, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type != "cpu":
+        return "fp32"
+    try:
+        native_bf16 = bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # a torch without the probe: assume none
+        native_bf16 = False
+    return "bf16" if native_bf16 else "fp32"
+
+
+def mixed_precision(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The context a training forward pass runs in: bfloat16 autocast for ``bf16``."""
+    if resolve_precision(device, precision) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -484,6 +505,7 @@ def _train_epoch(
             else distributed.shard_batches(table, batch_size, generator)
         )
     first_step = (position.epoch - 1) * n_batches  # steps of the run before this epoch
+    autocast = mixed_precision(device, settings.precision)
     progress = settings.progress and distributed.is_main()
     # Summed on the device (``position.loss_sum``): reading the loss back each step would
     # stall a GPU.
@@ -501,7 +523,8 @@ def _train_epoch(
         batch = batch.to(device, non_blocking=True)
         assert batch.labels is not None
         if exchange is None:
-            logits = model.logits(batch)
+            with autocast:
+                logits = model.logits(batch)
             loss = loss_fn(logits, batch.labels, model.objective)
             total = loss + model.regularization() if regularized else loss
             for optimizer in optimizers:
@@ -516,7 +539,7 @@ def _train_epoch(
                 if isinstance(table, StreamedTable)
                 else min(batch_size, len(table) - (step - 1) * batch_size)
             )
-            loss_sum = _backward_shard(model, batch, rows, regularized, exchange)
+            loss_sum = _backward_shard(model, batch, rows, regularized, exchange, autocast)
         for optimizer in optimizers:
             optimizer.step()
         position.loss_sum += loss_sum
@@ -567,6 +590,7 @@ def _backward_shard(
     rows: int,
     regularized: bool,
     exchange: distributed.GradientExchange,
+    autocast: contextlib.AbstractContextManager[Any],
 ) -> torch.Tensor:
     """Gradients of this rank's slice ``batch`` of a global batch of ``rows`` rows, summed
     over the ranks; returns the global batch's summed loss (float64).
@@ -579,7 +603,9 @@ def _backward_shard(
     loss_sum = torch.zeros((), device=batch.ids.device)
     if len(batch) > 0:
         assert batch.labels is not None
-        loss = loss_fn(model.logits(batch), batch.labels, model.objective)
+        with autocast:
+            logits = model.logits(batch)
+        loss = loss_fn(logits, batch.labels, model.objective)
         parts.append(loss * (len(batch) / rows))
         loss_sum = loss.detach() * len(batch)
     if regularized:
