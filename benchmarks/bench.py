@@ -78,10 +78,11 @@ def steady(report: dict[str, Any]) -> float:
     return statistics.median(rates[1:] if len(rates) > 1 else rates)
 
 
-def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians over repeated runs of one library."""
+def summarize(name: str, reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over repeated runs of one library (``name``: the run's key)."""
     last = reports[-1]
     return {
+        "name": name,
         "library": last["library"],
         "version": last["version"],
         "precision": last.get("precision", "fp32"),
@@ -90,6 +91,15 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "infer": statistics.median(r["infer_samples_per_s"] for r in reports),
         # measured beside the scoring in the same process (widedeep's runner only)
         "bare_infer": statistics.median(r.get("bare_infer_samples_per_s", 0.0) for r in reports),
+        # our training rate over the bare MLP's, timed around each run (widedeep's runner)
+        "of_bare": statistics.median(steady(r) / r["bare_train_samples_per_s"] for r in reports)
+        if "bare_train_samples_per_s" in last
+        else 0.0,
+        "of_bare_fp32": statistics.median(
+            steady(r) / r["bare_train_fp32_samples_per_s"] for r in reports
+        )
+        if "bare_train_fp32_samples_per_s" in last
+        else 0.0,
         "rss": statistics.median(r["peak_rss_mb"] for r in reports),
         "auc": last["epochs"][-1]["auc"],
         "logloss": last["epochs"][-1]["logloss"],
@@ -119,19 +129,19 @@ def table(rows: list[dict[str, Any]], limits: dict[str, float]) -> str:
             f"| bare MLP bf16 autocast (limit) | | {limits['mlp_train_bf16']:,.0f} | | | | |"
         )
     lines.append(f"| matmul roofline (limit) | | {limits['roofline']:,.0f} | | | | |")
-    ours = next(r for r in rows if r["library"] == "widedeep")
-    peers = [r for r in rows if not r["library"].startswith("widedeep")]
+    ours = next(r for r in rows if r["name"] == "widedeep")
+    peers = [r for r in rows if r["library"] != "widedeep"]
     lines.append("")
-    lines.append(f"- widedeep training ({ours['precision']}, the default here) = "
-                 f"{ours['train'] / limits['mlp_train']:.0%} of the fp32 bare-MLP rate, "
-                 f"{ours['train'] / limits['roofline']:.0%} of the fp32 matmul roofline "
-                 f"({limits['gflops']:.0f} GFLOP/s)")  # fmt: skip
-    if limits["mlp_train_bf16"]:
-        fp32 = next(r for r in rows if r["library"] == "widedeep fp32")
-        lines.append(f"- in the same precision: widedeep bf16 = "
-                     f"{ours['train'] / limits['mlp_train_bf16']:.0%} of the bf16 bare-MLP rate; "
-                     f"widedeep fp32 = {fp32['train'] / limits['mlp_train']:.0%} of the fp32 "
-                     "bare-MLP rate")  # fmt: skip
+    for run in (r for r in rows if r["library"] == "widedeep"):
+        lines.append(f"- widedeep training ({run['precision']}"
+                     f"{', the default here' if run is ours else ''}) = "
+                     f"{run['of_bare']:.0%} of the bare-MLP rate in {run['precision']}"
+                     + (f", {run['of_bare_fp32']:.0%} of the fp32 bare-MLP rate"
+                        if run["precision"] != "fp32" else "")
+                     + ", timed just before and after training in the same process (median "
+                     "over runs); "
+                     f"{run['train'] / limits['roofline']:.0%} of the fp32 matmul roofline "
+                     f"({limits['gflops']:.0f} GFLOP/s)")  # fmt: skip
     lines.append(f"- widedeep inference = {ours['infer'] / ours['bare_infer']:.0%} of the "
                  f"bare-MLP forward rate measured beside it in the same process, alternating "
                  f"rounds, batch 4096 ({ours['bare_infer']:,.0f} samples/s; "
@@ -204,7 +214,7 @@ def main() -> None:
             for i in range(repeats)
         ]
         rows_repeats[name] = repeats
-        rows.append(summarize(reports))
+        rows.append(summarize(name, reports))
         print(f"{name}: {rows[-1]}", flush=True)
 
     hidden = [int(h) for h in args.hidden.split(",")]

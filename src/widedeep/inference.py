@@ -19,9 +19,11 @@ def predict_parts(
     model.eval()
     wide_parts, deep_parts = [], []
     try:
+        placed = table.place(device)
+        model.check_inputs(placed.slice(0, len(placed)))  # once for all rows, not per batch
         # Parts stay on the device until the end: one copy back, no sync per batch.
-        for batch in table.place(device).batches(batch_size):
-            wide, deep = model.parts(batch.to(device, non_blocking=True))
+        for batch in placed.batches(batch_size):
+            wide, deep = model.parts(batch.to(device, non_blocking=True), checked=True)
             wide_parts.append(wide.float())
             deep_parts.append(deep.float())
     finally:

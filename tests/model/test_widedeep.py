@@ -267,3 +267,22 @@ def test_sparse_gradients_reach_the_embedding_tables_only(sparse: bool) -> None:
         assert table.grad is not None and table.grad.is_sparse == sparse
     for param in [*groups["wide_dense"], *groups["deep_dense"]]:
         assert param.grad is not None and not param.grad.is_sparse
+
+
+def test_scoring_a_table_checks_every_row_once_before_the_batches() -> None:
+    """``predict`` range-checks the whole table up front, so an id out of range in its last
+    batch is refused by field name before any batch is scored, and batches skip the check."""
+    from widedeep.data.tensors import TensorTable
+    from widedeep.inference import predict
+
+    model = notebook_model()
+    ids = random_ids(50)
+    ids[47, 1] = 100  # item_id has 100 ids: 0..99
+    table = TensorTable(ids=ids, multi_ids=(), dense=torch.zeros(50, 0), labels=None)
+    with pytest.raises(ConfigError, match="item_id"):
+        predict(model, table, batch_size=8)
+    ids[47, 1] = 99
+    scored = predict(model, table, batch_size=8)
+    assert scored.shape == (50,)
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(scored), model.eval()(ids), atol=1e-6)

@@ -125,10 +125,15 @@ class WideDeep(nn.Module):
                 sparse=sparse_gradients,
             )
 
-    def parts(self, inputs: Batch | Tensor) -> tuple[Tensor, Tensor]:
-        """The wide and deep contributions to the joint logit, each (B,); they sum to it."""
+    def parts(self, inputs: Batch | Tensor, *, checked: bool = False) -> tuple[Tensor, Tensor]:
+        """The wide and deep contributions to the joint logit, each (B,); they sum to it.
+
+        ``checked=True`` skips ``check_inputs``, for rows it has already passed (a whole
+        table checked once rather than each of its batches).
+        """
         batch = inputs if isinstance(inputs, Batch) else Batch(ids=inputs)
-        self._check_inputs(batch)
+        if not checked:
+            self.check_inputs(batch)
         return self.unchecked_parts(batch.ids, batch.multi_ids, batch.dense)
 
     def unchecked_parts(
@@ -176,9 +181,9 @@ class WideDeep(nn.Module):
             return 0.5 * wide + 0.5 * deep_logit
         return wide + deep_logit
 
-    def logits(self, inputs: Batch | Tensor) -> Tensor:
-        """The joint logit (B,) (or the regression output)."""
-        wide, deep = self.parts(inputs)
+    def logits(self, inputs: Batch | Tensor, *, checked: bool = False) -> Tensor:
+        """The joint logit (B,) (or the regression output); ``checked`` as for ``parts``."""
+        wide, deep = self.parts(inputs, checked=checked)
         return wide + deep
 
     def forward(self, inputs: Batch | Tensor) -> Tensor:
@@ -218,7 +223,7 @@ class WideDeep(nn.Module):
             groups["deep_dense"] = [*self.deep.mlp.parameters(), *self.deep.head.parameters()]
         return groups
 
-    def _check_inputs(self, batch: Batch) -> None:
+    def check_inputs(self, batch: Batch) -> None:
         """Shapes and id ranges, so a user's mistake is not an index error deep inside torch."""
         layout = self.layout
         ids = batch.ids

@@ -300,6 +300,8 @@ def _train(
     placed_table = (
         train_table.place(device) if isinstance(train_table, TensorTable) else train_table
     )
+    if isinstance(placed_table, TensorTable):  # once here, not in every step
+        model.check_inputs(placed_table.slice(0, len(placed_table)))
     while not run.finished(settings.epochs):
         position = run.position
         epoch = position.epoch
@@ -505,6 +507,7 @@ def _train_epoch(
             else distributed.shard_batches(table, batch_size, generator)
         )
     first_step = (position.epoch - 1) * n_batches  # steps of the run before this epoch
+    checked = isinstance(table, TensorTable)  # its ids were range-checked before the epochs
     autocast = mixed_precision(device, settings.precision)
     progress = settings.progress and distributed.is_main()
     # Summed on the device (``position.loss_sum``): reading the loss back each step would
@@ -524,7 +527,7 @@ def _train_epoch(
         assert batch.labels is not None
         if exchange is None:
             with autocast:
-                logits = model.logits(batch)
+                logits = model.logits(batch, checked=checked)
             loss = loss_fn(logits, batch.labels, model.objective)
             total = loss + model.regularization() if regularized else loss
             for optimizer in optimizers:
