@@ -138,8 +138,7 @@ def table(rows: list[dict[str, Any]], limits: dict[str, float]) -> str:
                      f"{run['of_bare']:.0%} of the bare-MLP rate in {run['precision']}"
                      + (f", {run['of_bare_fp32']:.0%} of the fp32 bare-MLP rate"
                         if run["precision"] != "fp32" else "")
-                     + ", timed just before and after training in the same process (median "
-                     "over runs); "
+                     + ", timed right after training in the same process (median over runs); "
                      f"{run['train'] / limits['roofline']:.0%} of the fp32 matmul roofline "
                      f"({limits['gflops']:.0f} GFLOP/s)")  # fmt: skip
     lines.append(f"- widedeep inference = {ours['infer'] / ours['bare_infer']:.0%} of the "

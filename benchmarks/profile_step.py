@@ -22,9 +22,10 @@ from run_widedeep import add_model_arguments, criteo_config
 from torch.profiler import ProfilerActivity, profile
 
 from widedeep.bundle import build_model
+from widedeep.data.batch import Batch
 from widedeep.data.tensors import TensorTable
 from widedeep.features.preprocessor import Preprocessor
-from widedeep.training.loop import loss_fn
+from widedeep.training.loop import loss_fn, mixed_precision
 from widedeep.training.optimizers import build_optimizers, use_sparse_gradients
 
 
@@ -47,6 +48,13 @@ def main() -> None:
     model = build_model(config, preprocessor, sparse_gradients=sparse).to(device)
     optimizers = build_optimizers(model, config.train, sparse_tables=sparse)
     generator = torch.Generator().manual_seed(0)
+    autocast = mixed_precision(device, config.train.precision)
+
+    model.check_inputs(table.slice(0, len(table)))  # once, as the training loop does
+
+    def forward(batch: Batch) -> torch.Tensor:
+        with autocast:
+            return model.logits(batch, checked=True)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -66,14 +74,14 @@ def main() -> None:
         for _, batch in zip(range(count), batches, strict=False):
             if record:
                 batch = timed("gather", lambda b=batch: b.to(device))  # type: ignore[misc]
-                logits = timed("forward", lambda b=batch: model.logits(b))  # type: ignore[misc]
+                logits = timed("forward", lambda b=batch: forward(b))  # type: ignore[misc]
                 loss = loss_fn(logits, batch.labels, model.objective)  # type: ignore[arg-type]
                 for optimizer in optimizers:
                     optimizer.zero_grad(set_to_none=True)
                 timed("backward", loss.backward)
                 timed("optimizer", lambda: [o.step() for o in optimizers])
             else:
-                logits = model.logits(batch)
+                logits = forward(batch)
                 loss = loss_fn(logits, batch.labels, model.objective)  # type: ignore[arg-type]
                 for optimizer in optimizers:
                     optimizer.zero_grad(set_to_none=True)
