@@ -17,19 +17,23 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import torch
-from limits import bare_mlp_rates, mlp
+from limits import mlp
 
 import widedeep
 from widedeep.config import RunConfig
+from widedeep.data.batch import Batch
 from widedeep.data.tensors import TensorTable
 from widedeep.inference import predict
 from widedeep.metrics import auc, log_loss
-from widedeep.training.loop import resolve_precision
+from widedeep.model.widedeep import WideDeep
+from widedeep.training.loop import mixed_precision, resolve_precision, train_step
+from widedeep.training.optimizers import build_optimizers, use_sparse_gradients
 
 NUMERIC = [f"I{i}" for i in range(1, 14)]
 CATEGORICAL = [f"C{i}" for i in range(1, 27)]
@@ -77,20 +81,71 @@ def criteo_config(args: argparse.Namespace, train: str, test: str) -> RunConfig:
     )
 
 
-def bare_training_rates(args: argparse.Namespace, precision: str) -> dict[str, float]:
-    """The bare MLP's training samples/s in ``precision`` and in fp32 (3 s each)."""
-    hidden = [int(h) for h in args.hidden.split(",")]
-    width = len(CATEGORICAL) * args.embedding_dim + len(NUMERIC)
+TRAIN_ROUNDS, TRAIN_STEPS = 7, 40
 
-    def rate(bf16: bool) -> float:
-        return bare_mlp_rates(
-            width, hidden, args.batch_size, args.lr, args.device, bf16, False, 3.0
-        )["train_samples_per_s"]
 
-    fp32 = rate(False)
+def training_beside_bare(
+    config: RunConfig, model: WideDeep, table: TensorTable, precision: str
+) -> dict[str, float]:
+    """Median samples/s of the training loop's own step (``train_step``) on ``model``, and
+    of the bare MLP's step in this precision and in fp32, in alternating rounds of
+    ``TRAIN_STEPS`` steps: on a machine whose speed drifts by 2x within minutes, a ratio
+    is only fair between rates measured under the same conditions."""
+    device = torch.device(config.train.device)
+    settings = config.train
+    sparse = use_sparse_gradients(config.model)
+    optimizers = build_optimizers(model, settings, sparse_tables=sparse)
+    autocast = mixed_precision(device, precision)
+    model.train()
+    model.check_inputs(table.slice(0, len(table)))
+    generator = torch.Generator().manual_seed(0)
+
+    def batches() -> Iterator[Batch]:
+        while True:
+            for batch in table.batches(settings.batch_size, shuffle=True, generator=generator):
+                if len(batch) == settings.batch_size:
+                    yield batch.to(device)
+
+    source = batches()
+    hidden, width = list(config.model.hidden_units), model.deep.mlp.layers[0].in_features  # type: ignore[union-attr]
+
+    def ours() -> None:
+        train_step(model, next(source), optimizers, autocast, checked=True)
+
+    def bare_step(bf16: bool) -> Callable[[], None]:
+        torch.manual_seed(0)
+        net = mlp(width, hidden).to(device)
+        optimizer = torch.optim.Adam(net.parameters(), lr=settings.deep_optimizer.lr, fused=True)
+        x = torch.randn(settings.batch_size, width, device=device)
+        y = torch.randint(0, 2, (settings.batch_size,), device=device).float()
+        context = mixed_precision(device, "bf16" if bf16 else "fp32")
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with context:
+                logits = net(x).squeeze(-1)
+            torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y).backward()
+            optimizer.step()
+
+        return step
+
+    steps = {"ours": ours, "bare": bare_step(precision == "bf16"), "bare_fp32": bare_step(False)}
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(TRAIN_ROUNDS + 1):  # the first round warms up (optimizer state)
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(TRAIN_STEPS):
+                step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_:
+                rates[name].append(
+                    TRAIN_STEPS * settings.batch_size / (time.perf_counter() - start)
+                )
     return {
-        "bare_train_samples_per_s": rate(True) if precision == "bf16" else fp32,
-        "bare_train_fp32_samples_per_s": fp32,
+        "train_beside_samples_per_s": statistics.median(rates["ours"]),
+        "bare_train_samples_per_s": statistics.median(rates["bare"]),
+        "bare_train_fp32_samples_per_s": statistics.median(rates["bare_fp32"]),
     }
 
 
@@ -177,10 +232,9 @@ def main() -> None:
     labels = test_table.labels.numpy()
     probs = predict(model, test_table, batch_size=INFER_BATCH, device=args.device)
     infer_rate, bare_rate = inference_beside_bare(model, test_table, args)
-    rss = peak_rss_mb()  # before the bare MLP's training (its bf16 kernels hold memory)
-    # The bare MLP's training rate, in this run's precision and in fp32, right after training
-    # in this process: on a machine whose speed drifts, fairer than a rate taken minutes apart.
-    bare = bare_training_rates(args, precision)
+    rss = peak_rss_mb()  # before the bare MLPs' training (their bf16 kernels hold memory)
+    # Last, as it trains the model further: our step beside the bare MLP's, alternating.
+    beside = training_beside_bare(config, model, test_table, precision)
 
     epochs = [
         {
@@ -200,7 +254,7 @@ def main() -> None:
         "train_samples_per_s": [row["samples_per_s"] for row in result.history],
         "infer_samples_per_s": infer_rate,
         "bare_infer_samples_per_s": bare_rate,
-        **bare,
+        **beside,
         "peak_rss_mb": rss,
         "epochs": epochs,
         "test_auc": auc(labels, probs),

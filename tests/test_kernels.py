@@ -166,3 +166,13 @@ def test_a_bad_row_leaves_the_scratch_space_clean_for_the_next_step() -> None:
     rows, sums = grouper(param, torch.tensor([3, 1, 3, 5]), values)
     assert rows.tolist() == [3, 1, 5]
     assert sums.tolist() == [[2.0, 2.0], [1.0, 1.0], [1.0, 1.0]]
+
+
+def test_dense_inputs_that_need_a_gradient_get_it() -> None:
+    """The fused loop does not differentiate its dense columns; torch's ops then do."""
+    ids, columns, offsets = fields_and_ids()
+    table = torch.nn.Embedding(21, 3)
+    dense = torch.randn(64, 2, requires_grad=True)
+    gather_fields(table, ids, columns, offsets, dense).sum().backward()
+    assert dense.grad is not None
+    assert torch.equal(dense.grad, torch.ones(64, 2))

@@ -67,10 +67,18 @@ def gather_fields(
     fused = (
         not _traced()
         and kernels.usable(weight)
+        # what the loop does not implement: nn.Embedding's norm cap, padding row, scaling
+        and table.max_norm is None
+        and table.padding_idx is None
+        and not table.scale_grad_by_freq
         and ids.device.type == "cpu"
         and ids.dtype in (torch.int64, torch.int32)
         and ids.is_contiguous()
-        and (dense is None or (dense.device.type == "cpu" and dense.is_contiguous()))
+        and (
+            dense is None
+            # its gradient is not computed: a dense input that needs one takes torch's ops
+            or (dense.device.type == "cpu" and dense.is_contiguous() and not dense.requires_grad)
+        )
     )
     if fused:
         return _GatherFields.apply(weight, ids, columns, offsets, dense, table.sparse)

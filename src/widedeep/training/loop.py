@@ -526,14 +526,8 @@ def _train_epoch(
         batch = batch.to(device, non_blocking=True)
         assert batch.labels is not None
         if exchange is None:
-            with autocast:
-                logits = model.logits(batch, checked=checked)
-            loss = loss_fn(logits, batch.labels, model.objective)
-            total = loss + model.regularization() if regularized else loss
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            loss_sum, rows = loss.detach().double() * len(batch), len(batch)
+            loss = train_step(model, batch, optimizers, autocast, regularized, checked)
+            loss_sum, rows = loss.double() * len(batch), len(batch)
         else:
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
@@ -543,8 +537,8 @@ def _train_epoch(
                 else min(batch_size, len(table) - (step - 1) * batch_size)
             )
             loss_sum = _backward_shard(model, batch, rows, regularized, exchange, autocast)
-        for optimizer in optimizers:
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
         position.loss_sum += loss_sum
         position.samples += rows
         position.step = step
@@ -561,6 +555,29 @@ def _train_epoch(
     mean_loss = float(position.loss_sum / max(position.samples, 1))  # waits for the device
     position.seconds = seconds_before + time.perf_counter() - start
     return mean_loss
+
+
+def train_step(
+    model: WideDeep,
+    batch: Batch,
+    optimizers: list[torch.optim.Optimizer],
+    autocast: contextlib.AbstractContextManager[Any],
+    regularized: bool = False,
+    checked: bool = False,
+) -> torch.Tensor:
+    """One optimizer step on ``batch``, as the loop takes it in one process; returns the
+    batch's mean loss (detached). ``checked``: the batch's ids were range-checked already."""
+    assert batch.labels is not None
+    with autocast:
+        logits = model.logits(batch, checked=checked)
+    loss = loss_fn(logits, batch.labels, model.objective)
+    total = loss + model.regularization() if regularized else loss
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    for optimizer in optimizers:
+        optimizer.step()
+    return loss.detach()
 
 
 def _gradient_exchange(
