@@ -21,6 +21,7 @@ import torch
 from run_widedeep import add_model_arguments, criteo_config
 from torch.profiler import ProfilerActivity, profile
 
+from widedeep import kernels
 from widedeep.bundle import build_model
 from widedeep.data.batch import Batch
 from widedeep.data.tensors import TensorTable
@@ -36,6 +37,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--shapes", action="store_true", help="group operators by input shape")
+    parser.add_argument(
+        "--compare-torch-ops",
+        action="store_true",
+        help="also time whole steps with the fused CPU loops and with torch's ops, alternating",
+    )
     add_model_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -100,6 +106,9 @@ def main() -> None:
         print(f"  {name:<10} {median * 1e3:7.3f} ms  {median / total:5.1%}")
     print(f"  {'total':<10} {total * 1e3:7.3f} ms  -> {args.batch_size / total:,.0f} samples/s")
 
+    if args.compare_torch_ops:
+        compare_torch_ops(run_steps, args.batch_size)
+
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
@@ -109,6 +118,25 @@ def main() -> None:
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     averages = prof.key_averages(group_by_input_shape=args.shapes)
     print(averages.table(sort_by=sort, row_limit=40 if args.shapes else 18))
+
+
+def compare_torch_ops(run_steps: Callable[[int, bool], None], batch_size: int) -> None:
+    """Median step time with widedeep's fused CPU loops and with the torch ops they replace
+    (``kernels.ENABLED`` off), in 8 alternating rounds of 60 steps in this process."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for round_ in range(9):  # the first round warms both paths up
+            for fused in (True, False):
+                kernels.ENABLED = fused
+                start = time.perf_counter()
+                run_steps(60, False)
+                if round_:
+                    times[fused].append((time.perf_counter() - start) / 60)
+    finally:
+        kernels.ENABLED = True
+    fused_step, torch_step = (statistics.median(times[f]) for f in (True, False))
+    print(f"fused loops {fused_step * 1e3:.3f} ms/step ({batch_size / fused_step:,.0f} samples/s), "
+          f"torch ops {torch_step * 1e3:.3f} ms/step: {torch_step / fused_step:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":
