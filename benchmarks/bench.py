@@ -222,10 +222,14 @@ def main() -> None:
     hidden = [int(h) for h in args.hidden.split(",")]
     width = CATEGORICAL_FIELDS * args.embedding_dim + NUMERIC_FIELDS
     bare = bare_mlp_rates(width, hidden, args.batch_size, args.lr, args.device)
-    bare_bf16 = bare_mlp_rates(width, hidden, args.batch_size, args.lr, args.device, bf16=True)
+    bare_bf16 = (
+        bare_mlp_rates(width, hidden, args.batch_size, args.lr, args.device, bf16=True)
+        if bf16
+        else {"train_samples_per_s": 0.0}
+    )
     gflops = matmul_gflops(args.batch_size, width, hidden[0], args.device)
     limits = {
-        "mlp_train_bf16": bare_bf16["train_samples_per_s"] if bf16 else 0.0,
+        "mlp_train_bf16": bare_bf16["train_samples_per_s"],
         "mlp_train": bare["train_samples_per_s"],
         "mlp_infer": bare["infer_samples_per_s"],
         "gflops": gflops,

@@ -72,12 +72,9 @@ def bare_mlp_rates(
     lr: float = 1e-3,
     device: str = "cpu",
     bf16: bool = False,
-    forward: bool = True,
-    seconds: float = 3.0,
 ) -> dict[str, float]:
-    """Training (Adam) and, with ``forward``, forward-only samples/s of the bare MLP on
-    random inputs; with ``bf16``, its training forward runs under bfloat16 autocast as
-    widedeep's does."""
+    """Training (Adam) and forward-only samples/s of the bare MLP on random inputs; with
+    ``bf16``, its training forward runs under bfloat16 autocast as widedeep's does."""
     torch.manual_seed(0)
     where = torch.device(device)
     model = mlp(input_dim, hidden).to(where)
@@ -98,10 +95,10 @@ def bare_mlp_rates(
     def forward_step() -> None:
         model(x)
 
-    rates = {"train_samples_per_s": _rate(train_step, batch_size, seconds, device=where)}
-    if forward:
-        rates["infer_samples_per_s"] = _rate(forward_step, batch_size, seconds, device=where)
-    return rates
+    return {
+        "train_samples_per_s": _rate(train_step, batch_size, device=where),
+        "infer_samples_per_s": _rate(forward_step, batch_size, device=where),
+    }
 
 
 def matmul_gflops(m: int = 1024, k: int = 512, n: int = 256, device: str = "cpu") -> float:
