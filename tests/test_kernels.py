@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -15,6 +16,25 @@ from widedeep.model.widedeep import WideDeep
 from widedeep.optim import FTRL, LazyAdagrad, LazyAdam
 
 pytestmark = pytest.mark.skipif(not kernels.ENABLED, reason="numba is not installed")
+
+
+FUSED = ("gather_fields_", "adam_rows_", "adagrad_rows_", "ftrl_rows_")
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How many times each fused entry point ran (so a test of equality cannot pass by
+    silently taking the torch ops twice)."""
+    counts = dict.fromkeys(FUSED, 0)
+    for name in FUSED:
+        original = getattr(kernels, name)
+
+        def counted(*args: object, _name: str = name, _original: Any = original) -> object:
+            counts[_name] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(kernels, name, counted)
+    return counts
 
 
 @pytest.fixture
@@ -38,7 +58,11 @@ def fields_and_ids(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 @pytest.mark.parametrize("with_dense", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_lookup_and_its_gradient_equal_torchs(
-    torch_ops: Callable[[bool], None], sparse: bool, with_dense: bool, dtype: torch.dtype
+    torch_ops: Callable[[bool], None],
+    calls: dict[str, int],
+    sparse: bool,
+    with_dense: bool,
+    dtype: torch.dtype,
 ) -> None:
     ids, columns, offsets = fields_and_ids()
     dense = torch.randn(64, 2, generator=torch.Generator().manual_seed(1)) if with_dense else None
@@ -53,6 +77,7 @@ def test_fused_lookup_and_its_gradient_equal_torchs(
         assert table.weight.grad is not None
         assert table.weight.grad.is_sparse == sparse
         results.append((out.detach(), table.weight.grad.to_dense()))
+    assert calls["gather_fields_"] == 1  # the first run only
     (fused_out, fused_grad), (torch_out, torch_grad) = results
     assert fused_out.shape == (64, 3 * 4 + (2 if with_dense else 0))
     assert torch.equal(fused_out, torch_out)
@@ -77,8 +102,17 @@ def test_an_id_outside_the_table_is_an_index_error_naming_the_batch_row() -> Non
         gather_fields(table, ids, columns, offsets)
 
 
+def test_ids_or_dense_inputs_of_the_wrong_shape_are_refused_before_the_loop_reads_them() -> None:
+    ids, columns, offsets = fields_and_ids()
+    table = torch.nn.Embedding(21, 3)
+    with pytest.raises(ValueError, match="lack the columns"):
+        gather_fields(table, ids[:, :3].contiguous(), columns, offsets)  # no column 3
+    with pytest.raises(ValueError, match="for 64 rows"):
+        gather_fields(table, ids, columns, offsets, torch.zeros(10, 2))
+
+
 def test_a_model_trained_with_the_fused_loops_equals_one_trained_with_torch_ops(
-    torch_ops: Callable[[bool], None],
+    torch_ops: Callable[[bool], None], calls: dict[str, int]
 ) -> None:
     """Wide and deep lookups, sparse gradients, LazyAdam / FTRL updates: five steps agree."""
     layout = FeatureLayout(
@@ -114,6 +148,8 @@ def test_a_model_trained_with_the_fused_loops_equals_one_trained_with_torch_ops(
             for optimizer in optimizers:
                 optimizer.step()
         states.append(model.state_dict())
+        if fused:  # 5 steps: a wide and a deep lookup each, one FTRL and one Adam update
+            assert (calls["gather_fields_"], calls["ftrl_rows_"], calls["adam_rows_"]) == (10, 5, 5)
     for name, value in states[0].items():
         torch.testing.assert_close(value, states[1][name], rtol=0, atol=1e-12, msg=name)
 
@@ -124,21 +160,19 @@ def sparse_steps(table_rows: int = 50, steps: int = 4) -> Iterator[torch.Tensor]
         yield torch.randint(0, table_rows // 2, (40,), generator=generator) * 2  # repeats
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda p: LazyAdam(p, lr=0.05),
-        lambda p: LazyAdagrad(p, lr=0.05),
-        lambda p: FTRL(p, lr=0.05, l1=0.02, l2=0.01),
-    ],
-    ids=["adam", "adagrad", "ftrl"],
-)
+OPTIMIZERS = {
+    "adam": lambda p: LazyAdam(p, lr=0.05),
+    "adagrad": lambda p: LazyAdagrad(p, lr=0.05),
+    "ftrl": lambda p: FTRL(p, lr=0.05, l1=0.02, l2=0.01),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_row_updates_equal_the_torch_ops(
-    torch_ops: Callable[[bool], None],
-    make: Callable[..., torch.optim.Optimizer],
-    dtype: torch.dtype,
+    torch_ops: Callable[[bool], None], calls: dict[str, int], kind: str, dtype: torch.dtype
 ) -> None:
+    make = OPTIMIZERS[kind]
     finals = []
     for fused in (True, False):
         torch_ops(fused)
@@ -150,6 +184,7 @@ def test_fused_row_updates_equal_the_torch_ops(
             (table(ids) * torch.arange(3, dtype=dtype)).sum().backward()
             optimizer.step()
         finals.append((table.weight.detach().clone(), optimizer.state[table.weight]))
+        assert calls[f"{kind}_rows_"] == 4  # four fused steps, then none with torch's ops
     tolerance = 1e-12 if dtype == torch.float64 else 1e-6
     torch.testing.assert_close(finals[0][0], finals[1][0], rtol=0, atol=tolerance)
     for key, value in finals[0][1].items():
@@ -176,3 +211,36 @@ def test_dense_inputs_that_need_a_gradient_get_it() -> None:
     gather_fields(table, ids, columns, offsets, dense).sum().backward()
     assert dense.grad is not None
     assert torch.equal(dense.grad, torch.ones(64, 2))
+
+
+@pytest.mark.parametrize("kind", sorted(OPTIMIZERS))
+def test_rows_outside_the_table_or_mismatched_state_are_refused(kind: str) -> None:
+    """The loops write rows unchecked; a coalesced gradient naming row 50 of a 3-row table,
+    or state of another shape (a wrong checkpoint), is refused before they run."""
+    param = torch.nn.Parameter(torch.zeros(3, 4))
+    optimizer = OPTIMIZERS[kind]([param])
+    indices, values = torch.tensor([[2, 50]]), torch.ones(2, 4)
+    bad = torch.sparse_coo_tensor(indices, values, (3, 4), check_invariants=False)
+    for grad in (bad, bad.coalesce()):  # summed by the fused loop, or passed through
+        param.grad = grad
+        with pytest.raises(IndexError, match="outside its table of 3 rows"):
+            optimizer.step()
+    assert not param.detach().any()
+    param.grad = torch.sparse_coo_tensor(
+        torch.tensor([[1]]), torch.ones(1, 4), (3, 4), check_invariants=True
+    )
+    optimizer.step()  # the state exists now
+    for key, value in list(optimizer.state[param].items()):
+        if isinstance(value, torch.Tensor) and value.shape == param.shape:
+            optimizer.state[param][key] = torch.zeros(2, 4)
+    with pytest.raises(ValueError, match="optimizer state of shape"):
+        optimizer.step()
+
+
+def test_half_precision_dense_inputs_take_torchs_ops(calls: dict[str, int]) -> None:
+    ids, columns, offsets = fields_and_ids()
+    table = torch.nn.Embedding(21, 3)
+    dense = torch.randn(64, 2).bfloat16()
+    out = gather_fields(table, ids, columns, offsets, dense)
+    assert calls["gather_fields_"] == 0
+    assert torch.equal(out[:, -2:], dense.float())

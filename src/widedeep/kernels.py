@@ -286,6 +286,13 @@ def gather_fields_(
     (B, F*D [+ D_dense]), and the table rows looked up (B, F)."""
     batch, fields, width = ids.shape[0], columns.shape[0], table.shape[1]
     extra = 0 if dense is None else dense.shape[1]
+    # The loop reads ids[b, columns[f]] and dense[b] unchecked: shapes are checked here.
+    if ids.dim() != 2 or (
+        fields and not 0 <= int(columns.min()) <= int(columns.max()) < ids.shape[1]
+    ):
+        raise ValueError(f"ids of shape {tuple(ids.shape)} lack the columns {columns.tolist()}")
+    if dense is not None and (dense.dim() != 2 or dense.shape[0] != batch):
+        raise ValueError(f"dense inputs of shape {tuple(dense.shape)} for {batch} rows of ids")
     out = torch.empty((batch, fields * width + extra), dtype=table.dtype)
     rows = torch.empty((batch, fields), dtype=torch.int64)
     no_dense = np.empty((batch, 0), dtype=np.float32)
@@ -331,6 +338,23 @@ class RowGrouper:
         return torch.from_numpy(rows[:count]), sums_tensor
 
 
+def _check_update(param: Tensor, states: tuple[Tensor, ...], rows: Tensor, sums: Tensor) -> None:
+    """The loops below write ``param[rows]`` and ``state[rows]`` unchecked: check that the
+    rows lie in the table and the state tensors (e.g. loaded from a checkpoint) match it."""
+    for state in states:
+        if state.shape != param.shape or state.dtype != param.dtype:
+            raise ValueError(
+                f"optimizer state of shape {tuple(state.shape)} ({state.dtype}) for a "
+                f"parameter of shape {tuple(param.shape)} ({param.dtype})"
+            )
+    if sums.shape[0] != rows.shape[0] or sums[0].numel() != param[0].numel():
+        raise ValueError(f"{rows.shape[0]} rows with gradients of shape {tuple(sums.shape)}")
+    if rows.numel() and not 0 <= int(rows.min()) <= int(rows.max()) < param.shape[0]:
+        raise IndexError(
+            f"a sparse gradient names a row outside its table of {param.shape[0]} rows"
+        )
+
+
 def adam_rows_(
     param: Tensor,
     exp_avg: Tensor,
@@ -343,6 +367,7 @@ def adam_rows_(
     eps: float,
 ) -> None:
     """Adam on ``rows`` of ``param`` and its moments, in place (``size`` = lr / bc1)."""
+    _check_update(param, (exp_avg, exp_avg_sq), rows, sums)
     cast = _scalar_type(param)
     _in_pool(
         _adam_rows,
@@ -362,7 +387,17 @@ def adagrad_rows_(
     param: Tensor, total: Tensor, rows: Tensor, sums: Tensor, lr: float, eps: float
 ) -> None:
     """AdaGrad on ``rows`` of ``param`` and its squared-gradient sum, in place."""
-    _adagrad_rows(_rows_view(param), _rows_view(total), rows.numpy(), _rows_view(sums), lr, eps)
+    _check_update(param, (total,), rows, sums)
+    cast = _scalar_type(param)
+    _in_pool(
+        _adagrad_rows,
+        _rows_view(param),
+        _rows_view(total),
+        rows.numpy(),
+        _rows_view(sums),
+        cast(lr),
+        cast(eps),
+    )
 
 
 def ftrl_rows_(
@@ -375,6 +410,7 @@ def ftrl_rows_(
 ) -> None:
     """FTRL-Proximal on ``rows`` of ``param`` and its ``z``/``n`` state, in place;
     ``hyper`` = (lr, beta, l1, l2)."""
+    _check_update(param, (z, n), rows, sums)
     cast = _scalar_type(param)
     lr, beta, l1, l2 = (cast(x) for x in hyper)
     _in_pool(

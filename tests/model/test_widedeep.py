@@ -282,7 +282,18 @@ def test_scoring_a_table_checks_every_row_once_before_the_batches() -> None:
     with pytest.raises(ConfigError, match="item_id"):
         predict(model, table, batch_size=8)
     ids[47, 1] = 99
+    checks = []
+    check = model.check_inputs
+    model.check_inputs = lambda batch: checks.append(len(batch)) or check(batch)  # type: ignore[method-assign]
     scored = predict(model, table, batch_size=8)
+    assert checks == [50]  # one check of all 50 rows, none for the 7 batches
     assert scored.shape == (50,)
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(scored), model.eval()(ids), atol=1e-6)
+
+
+def test_dense_columns_given_to_a_model_without_dense_features_are_ignored() -> None:
+    model = notebook_model().eval()
+    ids = random_ids(5)
+    with torch.no_grad():
+        assert torch.equal(model(Batch(ids=ids, dense=torch.randn(5, 2))), model(ids))

@@ -193,6 +193,7 @@ class Deep(nn.Module):
             if self.dense_dim and dense is None:
                 raise ConfigError(f"the deep part expects {self.dense_dim} dense columns, got none")
             table = self.fused_table
+            dense = dense if self.dense_dim else None  # columns it has no weights for
             x = gather_fields(table, ids, self.fused_columns, self.fused_offsets, dense)
             return self._output(self.mlp(x))
         parts = [block for _, block in self._blocks(ids, multi_ids, dense)]

@@ -77,7 +77,12 @@ def gather_fields(
         and (
             dense is None
             # its gradient is not computed: a dense input that needs one takes torch's ops
-            or (dense.device.type == "cpu" and dense.is_contiguous() and not dense.requires_grad)
+            or (
+                dense.device.type == "cpu"
+                and dense.dtype in (torch.float32, torch.float64)
+                and dense.is_contiguous()
+                and not dense.requires_grad
+            )
         )
     )
     if fused:

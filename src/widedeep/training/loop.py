@@ -239,7 +239,8 @@ def _train(
 
     sparse = use_sparse_gradients(config.model)
     plan = plan_memory(config, preprocessor.layout, sparse)
-    log.info("%s", plan.describe())
+    precision = resolve_precision(device, settings.precision)
+    log.info("%s; training precision %s on %s", plan.describe(), precision, device)
     if settings.progress and main:
         tqdm.write(plan.describe())
     check_memory(plan, device)  # before the tables exist: a clear refusal, not an OOM kill
@@ -359,6 +360,7 @@ def _train(
     metrics = {
         "best_epoch": best_epoch,
         "preprocess_seconds": round(preprocess_seconds, 3),
+        "precision": precision,  # train.precision as resolved on this machine
         "validation": validation_metrics,
         "test": test_metrics,
         "rows": {
@@ -566,7 +568,9 @@ def train_step(
     checked: bool = False,
 ) -> torch.Tensor:
     """One optimizer step on ``batch``, as the loop takes it in one process; returns the
-    batch's mean loss (detached). ``checked``: the batch's ids were range-checked already."""
+    batch's mean loss (detached). ``checked=True`` only for rows that passed
+    ``model.check_inputs`` (e.g. their whole table, once): an id outside its field's range
+    is otherwise not caught, and may read and train another field's row."""
     assert batch.labels is not None
     with autocast:
         logits = model.logits(batch, checked=checked)
