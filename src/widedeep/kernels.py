@@ -13,7 +13,10 @@ gradient rows by id (with a scratch vector of one int32 per table row, no sort),
 the weights and state of each distinct row in place.
 
 They run where numba is installed and the tensors are contiguous float32/float64 CPU
-tensors; anywhere else (CUDA, other dtypes, no numba) the optimizers keep their torch ops.
+tensors; anywhere else (CUDA, other dtypes, an export being traced, no numba) the lookups
+and the optimizers use torch ops. numba compiles each loop on first use and caches the
+machine code where it can write (beside this file, else a user cache folder); without a
+writable place it compiles in memory once per process.
 """
 
 from __future__ import annotations
