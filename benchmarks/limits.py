@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -65,16 +65,16 @@ def _rate(
     return statistics.median(rates)
 
 
-def bare_mlp_rates(
+def bare_mlp_train_step(
     input_dim: int,
     hidden: Sequence[int],
     batch_size: int,
     lr: float = 1e-3,
     device: str = "cpu",
     bf16: bool = False,
-) -> dict[str, float]:
-    """Training (Adam) and forward-only samples/s of the bare MLP on random inputs; with
-    ``bf16``, its training forward runs under bfloat16 autocast as widedeep's does."""
+) -> tuple[nn.Module, Callable[[], None]]:
+    """The bare MLP on one random batch and a callable taking one Adam step on it; with
+    ``bf16``, its forward runs under bfloat16 autocast as widedeep's does."""
     torch.manual_seed(0)
     where = torch.device(device)
     model = mlp(input_dim, hidden).to(where)
@@ -90,6 +90,23 @@ def bare_mlp_rates(
             logits = model(x).squeeze(-1)
         loss_fn(logits.float(), y).backward()
         optimizer.step()
+
+    return model, train_step
+
+
+def bare_mlp_rates(
+    input_dim: int,
+    hidden: Sequence[int],
+    batch_size: int,
+    lr: float = 1e-3,
+    device: str = "cpu",
+    bf16: bool = False,
+) -> dict[str, float]:
+    """Training (Adam) and forward-only samples/s of the bare MLP on random inputs (the
+    training step as ``bare_mlp_train_step``)."""
+    where = torch.device(device)
+    model, train_step = bare_mlp_train_step(input_dim, hidden, batch_size, lr, device, bf16)
+    x = torch.randn(batch_size, input_dim, device=where)
 
     @torch.no_grad()
     def forward_step() -> None:

@@ -26,7 +26,7 @@ from widedeep.bundle import build_model
 from widedeep.data.batch import Batch
 from widedeep.data.tensors import TensorTable
 from widedeep.features.preprocessor import Preprocessor
-from widedeep.training.loop import loss_fn, mixed_precision
+from widedeep.training.loop import loss_fn, mixed_precision, train_step
 from widedeep.training.optimizers import build_optimizers, use_sparse_gradients
 
 
@@ -87,13 +87,7 @@ def main() -> None:
                 timed("backward", loss.backward)
                 timed("optimizer", lambda: [o.step() for o in optimizers])
             else:
-                logits = forward(batch)
-                loss = loss_fn(logits, batch.labels, model.objective)  # type: ignore[arg-type]
-                for optimizer in optimizers:
-                    optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                for optimizer in optimizers:
-                    optimizer.step()
+                train_step(model, batch, optimizers, autocast, checked=True)
 
     model.train()
     run_steps(20, record=False)

@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 import torch
-from limits import mlp
+from limits import bare_mlp_train_step, mlp
 
 import widedeep
 from widedeep.config import RunConfig
@@ -113,21 +113,8 @@ def training_beside_bare(
         train_step(model, next(source), optimizers, autocast, checked=True)
 
     def bare_step(bf16: bool) -> Callable[[], None]:
-        torch.manual_seed(0)
-        net = mlp(width, hidden).to(device)
-        optimizer = torch.optim.Adam(net.parameters(), lr=settings.deep_optimizer.lr, fused=True)
-        x = torch.randn(settings.batch_size, width, device=device)
-        y = torch.randint(0, 2, (settings.batch_size,), device=device).float()
-        context = mixed_precision(device, "bf16" if bf16 else "fp32")
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with context:
-                logits = net(x).squeeze(-1)
-            torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y).backward()
-            optimizer.step()
-
-        return step
+        lr, where = settings.deep_optimizer.lr, str(device)
+        return bare_mlp_train_step(width, hidden, settings.batch_size, lr, where, bf16)[1]
 
     steps = {"ours": ours, "bare": bare_step(precision == "bf16"), "bare_fp32": bare_step(False)}
     rates: dict[str, list[float]] = {name: [] for name in steps}

@@ -190,11 +190,21 @@ def _fetch_ahead(rows, k, first, second, third):  # type: ignore[no-untyped-def]
 
 
 @_jit_parallel
-def _adam_rows(param, exp_avg, exp_avg_sq, rows, sums, size, betas, root_bc2, eps):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """torch.optim.Adam's update on the listed rows only (lazy Adam); the scalars come in
-    the tables' dtype, so float32 tables are updated in float32 vector arithmetic."""
-    # (1 - beta) comes computed in float64 as torch does it: 1 - float32(0.999) is 1.3e-5 off
-    beta1, one_minus_beta1, beta2, one_minus_beta2 = betas[0], betas[1], betas[2], betas[3]
+def _adam_rows(  # type: ignore[no-untyped-def]  # pragma: no cover
+    param,
+    exp_avg,
+    exp_avg_sq,
+    rows,
+    sums,
+    size,
+    beta1,
+    one_minus_beta1,
+    beta2,
+    one_minus_beta2,
+    root_bc2,
+    eps,
+):
+    """torch.optim.Adam's update on the listed rows only (lazy Adam)."""
     count = rows.shape[0]
     for k in prange(count):
         _fetch_ahead(rows, k, param, exp_avg, exp_avg_sq)
@@ -252,7 +262,6 @@ def _gather_fields(table, ids, columns, offsets, dense, out, rows):  # type: ign
     batch, fields = rows.shape
     width = table.shape[1]
     tail = fields * width
-    bad = np.zeros(batch, dtype=np.bool_)
     for b in range(batch):
         if b + GATHER_AHEAD < batch:
             for f in range(fields):
@@ -261,19 +270,15 @@ def _gather_fields(table, ids, columns, offsets, dense, out, rows):  # type: ign
                     _prefetch(table, ahead)
         for f in range(fields):
             row = ids[b, columns[f]] + offsets[f]
-            rows[b, f] = row
             if row < 0 or row >= table.shape[0]:
-                bad[b] = True
-                continue
+                return b
+            rows[b, f] = row
             source = table[row]
             start = f * width
             for d in range(width):
                 out[b, start + d] = source[d]
         for j in range(dense.shape[1]):
             out[b, tail + j] = dense[b, j]
-    for b in range(batch):
-        if bad[b]:
-            return b
     return -1
 
 
@@ -334,16 +339,27 @@ class RowGrouper:
         sums = np.empty_like(flat_values)
         count = _sum_rows(flat_ids, flat_values, slot, rows, sums)
         if count < 0:
-            raise IndexError(
-                f"a sparse gradient names a row outside its table of {param.shape[0]} rows"
-            )
+            raise _outside(param)
         sums_tensor = torch.from_numpy(sums[:count]).view(count, *values.shape[1:])
         return torch.from_numpy(rows[:count]), sums_tensor
 
 
-def _check_update(param: Tensor, states: tuple[Tensor, ...], rows: Tensor, sums: Tensor) -> None:
-    """The loops below write ``param[rows]`` and ``state[rows]`` unchecked: check that the
-    rows lie in the table and the state tensors (e.g. loaded from a checkpoint) match it."""
+def _outside(param: Tensor) -> IndexError:
+    return IndexError(f"a sparse gradient names a row outside its table of {param.shape[0]} rows")
+
+
+def _update_rows(
+    kernel: Callable[..., None],
+    param: Tensor,
+    states: tuple[Tensor, ...],
+    rows: Tensor,
+    sums: Tensor,
+    *hyper: float,
+) -> None:
+    """Run an update loop on ``rows`` of ``param`` and its optimizer ``states``, in place,
+    with the hyperparameters in the table's dtype (so a float32 table is updated in float32
+    vector arithmetic). The loops write ``param[rows]`` and ``state[rows]`` unchecked: the
+    rows must lie in the table and the states (e.g. from a checkpoint) match it."""
     for state in states:
         if state.shape != param.shape or state.dtype != param.dtype:
             raise ValueError(
@@ -353,9 +369,10 @@ def _check_update(param: Tensor, states: tuple[Tensor, ...], rows: Tensor, sums:
     if sums.shape[0] != rows.shape[0] or sums[0].numel() != param[0].numel():
         raise ValueError(f"{rows.shape[0]} rows with gradients of shape {tuple(sums.shape)}")
     if rows.numel() and not 0 <= int(rows.min()) <= int(rows.max()) < param.shape[0]:
-        raise IndexError(
-            f"a sparse gradient names a row outside its table of {param.shape[0]} rows"
-        )
+        raise _outside(param)
+    cast = _scalar_type(param)
+    tables = [_rows_view(t) for t in (param, *states)]
+    _in_pool(kernel, *tables, rows.numpy(), _rows_view(sums), *(cast(x) for x in hyper))
 
 
 def adam_rows_(
@@ -370,37 +387,17 @@ def adam_rows_(
     eps: float,
 ) -> None:
     """Adam on ``rows`` of ``param`` and its moments, in place (``size`` = lr / bc1)."""
-    _check_update(param, (exp_avg, exp_avg_sq), rows, sums)
-    cast = _scalar_type(param)
-    _in_pool(
-        _adam_rows,
-        _rows_view(param),
-        _rows_view(exp_avg),
-        _rows_view(exp_avg_sq),
-        rows.numpy(),
-        _rows_view(sums),
-        cast(size),
-        np.array([betas[0], 1 - betas[0], betas[1], 1 - betas[1]], dtype=cast),
-        cast(root_bc2),
-        cast(eps),
-    )
+    # (1 - beta) computed in float64, as torch does: 1 - float32(0.999) is 1.3e-5 off
+    beta1, beta2 = betas
+    hyper = (size, beta1, 1 - beta1, beta2, 1 - beta2, root_bc2, eps)
+    _update_rows(_adam_rows, param, (exp_avg, exp_avg_sq), rows, sums, *hyper)
 
 
 def adagrad_rows_(
     param: Tensor, total: Tensor, rows: Tensor, sums: Tensor, lr: float, eps: float
 ) -> None:
     """AdaGrad on ``rows`` of ``param`` and its squared-gradient sum, in place."""
-    _check_update(param, (total,), rows, sums)
-    cast = _scalar_type(param)
-    _in_pool(
-        _adagrad_rows,
-        _rows_view(param),
-        _rows_view(total),
-        rows.numpy(),
-        _rows_view(sums),
-        cast(lr),
-        cast(eps),
-    )
+    _update_rows(_adagrad_rows, param, (total,), rows, sums, lr, eps)
 
 
 def ftrl_rows_(
@@ -413,18 +410,4 @@ def ftrl_rows_(
 ) -> None:
     """FTRL-Proximal on ``rows`` of ``param`` and its ``z``/``n`` state, in place;
     ``hyper`` = (lr, beta, l1, l2)."""
-    _check_update(param, (z, n), rows, sums)
-    cast = _scalar_type(param)
-    lr, beta, l1, l2 = (cast(x) for x in hyper)
-    _in_pool(
-        _ftrl_rows,
-        _rows_view(param),
-        _rows_view(z),
-        _rows_view(n),
-        rows.numpy(),
-        _rows_view(sums),
-        lr,
-        beta,
-        l1,
-        l2,
-    )
+    _update_rows(_ftrl_rows, param, (z, n), rows, sums, *hyper)
