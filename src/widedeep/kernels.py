@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import threading
+import types as types_module
 from collections.abc import Callable
 from typing import Any
 
@@ -117,26 +118,39 @@ def _jit(function: Any) -> Any:
     return njit(nogil=True, cache=True)(function) if njit is not None else function
 
 
-def _jit_parallel(function: Any) -> Any:
-    """As ``_jit``, with ``prange`` loops split over threads: an update waits on memory, and
-    two threads keep twice the misses in flight (measured in a training step on 2 cores:
-    0.56 -> 0.19 ms for the benchmark's deep table)."""
-    return njit(nogil=True, cache=True, parallel=True)(function) if njit is not None else function
-
-
 # numba's fallback thread pool ("workqueue") must not be entered from two threads at once.
 _POOL = threading.Lock()
 
 
-def _in_pool(kernel: Callable[..., Any], *args: Any) -> Any:
-    """Run a parallel kernel on as many threads as torch uses (``train.threads``)."""
-    with _POOL:
-        before = get_num_threads()
-        set_num_threads(max(1, min(torch.get_num_threads(), _MAX_THREADS)))
-        try:
-            return kernel(*args)
-        finally:
-            set_num_threads(before)
+class _Threaded:
+    """An update loop compiled twice: split over threads with ``prange`` (an update waits on
+    memory, and two threads keep twice the misses in flight: measured in a training step on
+    2 cores, 0.56 -> 0.19 ms for the benchmark's deep table), and on the calling thread
+    alone, for processes that run torch on one thread (as each rank under torchrun does by
+    default), which then never start numba's thread pool."""
+
+    def __init__(self, function: Any) -> None:
+        # A renamed copy: numba names its on-disk cache after the function, and the two
+        # compilations must not read each other's machine code.
+        alone = types_module.FunctionType(function.__code__, function.__globals__)
+        alone.__qualname__ = f"{function.__qualname__}_one_thread"
+        self.one_thread = _jit(alone)
+        self.threaded = (
+            njit(nogil=True, cache=True, parallel=True)(function) if njit is not None else function
+        )
+
+    def __call__(self, *args: Any) -> Any:
+        """Run on as many threads as torch uses (``train.threads``)."""
+        threads = max(1, min(torch.get_num_threads(), _MAX_THREADS))
+        if threads == 1:
+            return self.one_thread(*args)
+        with _POOL:
+            before = get_num_threads()
+            set_num_threads(threads)
+            try:
+                return self.threaded(*args)
+            finally:
+                set_num_threads(before)
 
 
 @_jit
@@ -189,7 +203,7 @@ def _fetch_ahead(rows, k, first, second, third):  # type: ignore[no-untyped-def]
         _prefetch(third, ahead)
 
 
-@_jit_parallel
+@_Threaded
 def _adam_rows(  # type: ignore[no-untyped-def]  # pragma: no cover
     param,
     exp_avg,
@@ -217,7 +231,7 @@ def _adam_rows(  # type: ignore[no-untyped-def]  # pragma: no cover
             weights[d] -= size * (m[d] / (math.sqrt(v[d]) / root_bc2 + eps))
 
 
-@_jit_parallel
+@_Threaded
 def _adagrad_rows(param, total, rows, sums, lr, eps):  # type: ignore[no-untyped-def]  # pragma: no cover
     """torch.optim.Adagrad's update on the listed rows only."""
     count = rows.shape[0]
@@ -231,7 +245,7 @@ def _adagrad_rows(param, total, rows, sums, lr, eps):  # type: ignore[no-untyped
             weights[d] -= lr * (g / (math.sqrt(squares[d]) + eps))
 
 
-@_jit_parallel
+@_Threaded
 def _ftrl_rows(param, z, n, rows, sums, lr, beta, l1, l2):  # type: ignore[no-untyped-def]  # pragma: no cover
     """FTRL-Proximal's update (see ``widedeep.optim.ftrl``) on the listed rows only."""
     zero = l1 - l1
@@ -372,7 +386,7 @@ def _update_rows(
         raise _outside(param)
     cast = _scalar_type(param)
     tables = [_rows_view(t) for t in (param, *states)]
-    _in_pool(kernel, *tables, rows.numpy(), _rows_view(sums), *(cast(x) for x in hyper))
+    kernel(*tables, rows.numpy(), _rows_view(sums), *(cast(x) for x in hyper))
 
 
 def adam_rows_(
