@@ -31,11 +31,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from widedeep.jit import AVAILABLE, compiled
+
+if AVAILABLE:
+    from widedeep.jit import prefetch as _prefetch
+
 try:
-    from llvmlite import ir
-    from numba import get_num_threads, njit, prange, set_num_threads, types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
+    from numba import get_num_threads, njit, prange, set_num_threads
 except ImportError:  # pragma: no cover - without numba the optimizers use torch ops
     njit = None  # type: ignore[assignment]
 
@@ -70,40 +72,6 @@ def _rows_view(tensor: Tensor) -> np.ndarray:
 # an update (measured: 2.6 -> 1.6 ms for 8.7k random rows of three 2.7M x 16 tables).
 AHEAD = 8
 
-if njit is not None:
-
-    @intrinsic
-    def _prefetch(typingctx, array, row):  # type: ignore[no-untyped-def]  # pragma: no cover
-        """Hint the CPU to fetch the start of ``array[row]`` (1-D or 2-D) for writing."""
-        signature = types.void(array, row)
-
-        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-            array_type = sig.args[0]
-            view = context.make_array(array_type)(context, builder, args[0])
-            zero = context.get_constant(types.intp, 0)
-            pointer = cgutils.get_item_pointer(
-                context,
-                builder,
-                array_type,
-                view,
-                [args[1]] + [zero] * (array_type.ndim - 1),
-                wraparound=False,
-            )
-            byte_pointer = ir.IntType(8).as_pointer()
-            int32 = ir.IntType(32)
-            hint = cgutils.get_or_insert_function(
-                builder.module,
-                ir.FunctionType(ir.VoidType(), [byte_pointer, int32, int32, int32]),
-                "llvm.prefetch",
-            )
-            # write access, high locality, data cache
-            flags = [ir.Constant(int32, 1), ir.Constant(int32, 3), ir.Constant(int32, 1)]
-            builder.call(hint, [builder.bitcast(pointer, byte_pointer), *flags])
-            return context.get_dummy_value()
-
-        return signature, codegen
-
-
 GATHER_AHEAD = 2  # batch rows ahead that a lookup prefetches (each row: one table row per field)
 
 
@@ -113,9 +81,7 @@ def _scalar_type(tensor: Tensor) -> type[np.floating[Any]]:
     return np.float32 if tensor.dtype == torch.float32 else np.float64
 
 
-def _jit(function: Any) -> Any:
-    """Compile lazily on first call and cache the machine code on disk between processes."""
-    return njit(nogil=True, cache=True)(function) if njit is not None else function
+_jit = compiled
 
 
 # numba's fallback thread pool ("workqueue") must not be entered from two threads at once.

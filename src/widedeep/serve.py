@@ -30,6 +30,7 @@ import polars as pl
 import torch
 from numpy.typing import NDArray
 
+from widedeep import inference
 from widedeep.bundle import Bundle, load_bundle, package_version
 from widedeep.data.interactions import key_positions
 from widedeep.data.tensors import TensorTable
@@ -381,6 +382,10 @@ class _Slots:
             self.used -= 1
 
 
+# A value of each input type that is never missing (a feature's fill may be 'error').
+_BLANK: dict[str, Any] = {"number": 0.0, "integer": 0, "string": "", "strings": []}
+
+
 class _Service:
     """What the routes share: the bundle, its catalog, the thread pools and the limits."""
 
@@ -396,13 +401,21 @@ class _Service:
         self.catalog: Catalog | None = None
         self.user_columns: list[_Column] = []
         self.users: tuple[pl.DataFrame, dict[str, int], Any] | None = None
+        self._warm_up()
         if self.bundle.table("items") is not None:
             self.catalog = load_catalog(self.bundle)
             self.user_columns = [c for c in self.columns if c.name not in self.catalog.columns]
-            blank = {"number": 0.0, "integer": 0, "string": "", "strings": []}  # never missing
-            dummy = {c.name: blank[c.type] for c in self.user_columns}  # (a fill may be 'error')
+            dummy = {c.name: _BLANK[c.type] for c in self.user_columns}
             self.template = PairScorer(self.bundle, self._user_side("", dummy), self.catalog)
             self.users = None if users is None else self._users(users)
+
+    def _warm_up(self) -> None:
+        """Score one blank row before serving: the first call of each compiled loop
+        (encoding, lookups) compiles it or loads it from numba's cache, which can take
+        longer than a request may, so it is paid here, at startup."""
+        frame = pl.DataFrame([c.series([_BLANK[c.type]]) for c in self.columns])
+        table, _ = self.bundle.encode(frame, with_labels=False)
+        inference.predict_parts(self.bundle.model, table, self.settings.micro_batch)
 
     async def run(self, work: Callable[[], T]) -> T:
         """``work`` on a request thread if a slot is free (else 503), within the timeout."""

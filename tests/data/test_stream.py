@@ -285,10 +285,12 @@ def test_the_quantile_sample_holds_observed_values_only_and_no_chunk(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     frame = table_with_gaps()
-    stats = preprocessing._feature_stats(SCHEMA.feature("price"), frame, "t", 0)
+    stats = preprocessing._feature_stats(SCHEMA.feature("price_q"), frame, "t", 0)
     (sample,) = stats.sample
     assert sample.base is None  # a view would keep the chunk's whole column alive
     assert len(sample) == ROWS - frame.get_column("price").null_count()
+    # a mean and a standard deviation need no sample: none is kept
+    assert preprocessing._feature_stats(SCHEMA.feature("price"), frame, "t", 0).sample == []
     # 3 observed values in 30 rows, a sample of 10: the median still comes from them
     monkeypatch.setattr(preprocessing, "QUANTILE_SAMPLE", 10)
     sparse = pl.DataFrame({"x": [None] * 30, "click": [0] * 30}).with_columns(

@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from widedeep.features import preprocessor as preprocessing
 from widedeep.features.preprocessor import Preprocessor
 from widedeep.features.schema import FIRST_ID, PADDING_ID, UNKNOWN_ID, FeatureSchema
 
@@ -236,3 +237,58 @@ def test_labels_only_when_asked_or_present() -> None:
     assert pre.transform(frame, with_labels=False).labels is None
     with_labels = pre.transform(frame, with_labels=True).labels
     assert with_labels is not None and with_labels.tolist() == [0.0, 1.0]
+
+
+def _mixed_table(rows: int, seed: int) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    words = np.array(["a", "bb", "a long value past the twelve bytes", "é", "", "z" * 13])
+    return pl.DataFrame(
+        {
+            "city": rng.choice(words, rows),
+            "code": rng.integers(0, 40, rows),
+            "apps": [list(rng.choice(words, int(k))) for k in rng.integers(0, 3, rows)],
+            "price": rng.random(rows),
+        }
+    ).with_columns(
+        pl.when(pl.int_range(rows) % 7 == 3).then(None).otherwise(pl.col("city")).alias("city")
+    )
+
+
+def test_fit_transform_is_the_same_with_the_compiled_tables_and_with_arrow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Categorical (nulls, min_count, max_size, integers), hashed, crossed and
+    multi-valued features, fitted then applied to new rows with unseen values."""
+    schema = FeatureSchema.from_dict(
+        {
+            "features": [
+                {"name": "city", "kind": "categorical", "min_count": 2},
+                {"name": "code", "kind": "categorical", "max_size": 25},
+                {"name": "city_h", "column": "city", "kind": "hashed", "num_buckets": 17},
+                {"name": "apps", "kind": "multi_categorical"},
+                {"name": "x", "kind": "cross", "features": ["city", "code"], "num_buckets": 50},
+                {"name": "price", "kind": "numeric"},
+            ]
+        }
+    )
+    train, new = _mixed_table(3000, 0), _mixed_table(500, 1)
+    new = new.with_columns(pl.col("code") + 20)  # codes 40..59 were never seen
+
+    def run() -> tuple[Any, ...]:
+        pre = Preprocessor(schema)
+        fitted = pre.fit_transform(train)
+        applied = pre.transform(new)
+        return pre.to_dict(), fitted, applied
+
+    compiled = run()
+    monkeypatch.setattr(preprocessing.strings, "ENABLED", False)
+    monkeypatch.setattr(preprocessing, "_VOCABULARY_INDEXES", {})
+    arrow = run()
+    assert compiled[0] == arrow[0]
+    for ours, theirs in zip(compiled[1:], arrow[1:], strict=True):
+        np.testing.assert_array_equal(ours.ids, theirs.ids)
+        for mine, other in zip(ours.multi_ids, theirs.multi_ids, strict=True):
+            np.testing.assert_array_equal(mine, other)
+        np.testing.assert_array_equal(ours.dense, theirs.dense)
+        assert str(ours.report) == str(theirs.report)
+    assert compiled[2].report.columns["code"].unseen > 0

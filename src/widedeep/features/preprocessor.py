@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from widedeep.errors import NotFittedError, SchemaError
-from widedeep.features import hashing
+from widedeep.features import hashing, strings
 from widedeep.features.layout import FeatureLayout, SparseField, default_embedding_dim
 from widedeep.features.schema import (
     FIRST_ID,
@@ -43,6 +43,7 @@ from widedeep.features.schema import (
     MultiCategoricalFeature,
     NumericFeature,
 )
+from widedeep.features.stacking import CodedIds, Column, stack_ids
 from widedeep.tables import TableSource, describe_source, read_table
 
 STATE_VERSION = 1
@@ -135,7 +136,7 @@ class SideTable:
     """
 
     names: tuple[str, ...]
-    values: dict[str, NDArray[Any]]
+    values: dict[str, NDArray[Any] | CodedIds]
     tokens: dict[str, _Tokens]
     report: TransformReport
 
@@ -157,12 +158,12 @@ class Preprocessor:
         """``fit`` then ``transform`` on the same table (read once, each id column
         dictionary-encoded once for both)."""
         frame, where = self.read(source), describe_source(source)
-        cache: CodeCache = {}
+        cache = ColumnCache()
         self._fit_frame(frame, where, cache)
         return self._transform_frame(frame, where, with_labels=None, cache=cache)
 
     def _fit_frame(
-        self, frame: pl.DataFrame, where: str, cache: CodeCache | None = None
+        self, frame: pl.DataFrame, where: str, cache: ColumnCache | None = None
     ) -> Preprocessor:
         stats = self._chunk_stats(Chunk(frame, where), cache)
         return self._finish_fit(stats, where)
@@ -183,7 +184,7 @@ class Preprocessor:
             raise SchemaError(f"{where}: the table is empty (0 rows)")
         return self._finish_fit(total, where)
 
-    def _chunk_stats(self, chunk: Chunk, cache: CodeCache | None = None) -> list[FeatureStats]:
+    def _chunk_stats(self, chunk: Chunk, cache: ColumnCache | None = None) -> list[FeatureStats]:
         frame, where = chunk.frame, chunk.where
         with chunk.numbered():
             _check_table(frame, self.schema, where, need_label=self.schema.label is not None)
@@ -198,10 +199,14 @@ class Preprocessor:
 
     def _finish_fit(self, stats: list[FeatureStats], where: str) -> Preprocessor:
         features = list(self.schema.features)
-        self.state_ = {
-            f.name: _fit_feature(f, f_stats, where)
-            for f, f_stats in zip(features, stats, strict=True)
-        }
+        # sorting vocabularies is most of this: on threads when they are large
+        values = sum(len(counts) for f_stats in stats for counts in f_stats.counts)
+        states = _per_feature(
+            lambda pair: _fit_feature(pair[0], pair[1], where),
+            list(zip(features, stats, strict=True)),
+            values * (PARALLEL_ROWS // PARALLEL_VALUES),
+        )
+        self.state_ = {f.name: state for f, state in zip(features, states, strict=True)}
         return self
 
     # --------------------------------------------------------------------------- transform
@@ -230,7 +235,7 @@ class Preprocessor:
         frame: pl.DataFrame,
         where: str,
         with_labels: bool | None,
-        cache: CodeCache | None = None,
+        cache: ColumnCache | None = None,
     ) -> EncodedTable:
         label = self.schema.label
         has_label = label is not None and label.column in frame.columns
@@ -330,10 +335,10 @@ class Preprocessor:
         frame: pl.DataFrame,
         where: str,
         features: Iterable[Feature | str],
-        cache: CodeCache | None = None,
+        cache: ColumnCache | None = None,
     ) -> SideTable:
         state = self._check_fitted()
-        cache = {} if cache is None else cache  # a column feeding a field and a cross: encoded once
+        cache = ColumnCache() if cache is None else cache  # a column read by several features: once
         layout = self.layout
         in_layout = {f.name for f in layout.fields} | set(layout.dense)
         components = {
@@ -343,13 +348,14 @@ class Preprocessor:
             for part in f.features
         }
         report = TransformReport(rows=frame.height)
-        values: dict[str, NDArray[Any]] = {}
+        values: dict[str, NDArray[Any] | CodedIds] = {}
         tokens: dict[str, _Tokens] = {}
         resolved = [self.schema.feature(i) if isinstance(i, str) else i for i in features]
 
         def encode(feature: Feature) -> tuple[Any, ColumnReport | None, _Tokens | None]:
             if isinstance(feature, NumericFeature):
-                return _encode_numeric(feature, frame, state[feature.name], where), None, None
+                numeric = _encode_numeric(feature, frame, state[feature.name], where, cache)
+                return numeric, None, None
             value, column_report, token = None, None, None
             if feature.name in in_layout:
                 column_report = ColumnReport()
@@ -381,10 +387,12 @@ class Preprocessor:
         """Stack features in layout order, gathering each from its side's rows."""
         layout = self.layout
 
-        def value(name: str) -> NDArray[Any]:
+        def value(name: str) -> Column:
             side, rows = source_of(name)
             array = side.values[name]
-            return array if rows is None else array[rows]
+            if rows is None:
+                return array
+            return array.take(rows) if isinstance(array, CodedIds) else array[rows]
 
         def tokens(name: str) -> _Tokens:
             side, rows = source_of(name)
@@ -393,7 +401,7 @@ class Preprocessor:
                 return found
             return _Tokens(found.hashes[rows], found.valid[rows])
 
-        def column(name: str) -> IdArray:
+        def column(name: str) -> Column:
             if fields is not None and name not in fields:
                 return np.zeros(n, dtype=np.int64)  # a placeholder, never read
             feature = self.schema.feature(name)
@@ -401,11 +409,11 @@ class Preprocessor:
                 return _encode_cross(feature, tokens, self.schema)
             return value(name)
 
-        ids = _stack_columns([column(f.name) for f in layout.single], n, np.int64)
-        multi = tuple(np.ascontiguousarray(column(f.name)).reshape(n, -1) for f in layout.multi)
+        ids = stack_ids([column(f.name) for f in layout.single], n)
+        multi = tuple(_expanded(column(f.name)).reshape(n, -1) for f in layout.multi)
         dense = _stack_columns(
             [
-                value(name) if fields is None or name in fields else np.zeros(n)
+                _expanded(value(name)) if fields is None or name in fields else np.zeros(n)
                 for name in layout.dense
             ],
             n,
@@ -623,6 +631,7 @@ class FeatureStats:
     """
 
     counts: list[pl.DataFrame] = field(default_factory=list)
+    codes: _Codes | None = None  # the one chunk's codes the counts came from (not merged)
     longest: int = 0
     rows: int = 0
     missing: int = 0
@@ -687,7 +696,8 @@ def _smallest(
 def _merged_counts(frames: list[pl.DataFrame]) -> pl.DataFrame:
     if len(frames) == 1:
         return frames[0]
-    return pl.concat(frames).group_by("value").agg(pl.col("count").sum())
+    both = pl.concat([f.select("value", "count") for f in frames])  # codes are per chunk
+    return both.group_by("value").agg(pl.col("count").sum())
 
 
 def _pending_counts(frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
@@ -712,64 +722,123 @@ def _salt(where: str) -> np.uint64:
 @dataclass(frozen=True)
 class _Codes:
     """A string column dictionary-encoded: each row's position in ``dictionary`` (-1 for
-    null). One hash pass over the rows serves both fitting (counts) and encoding (ids)."""
+    null) and each value's count. One hash pass over the rows serves both fitting (counts)
+    and encoding (ids)."""
 
     indices: NDArray[np.int32]
     dictionary: pa.Array
+    value_counts: NDArray[np.int64]
+    # vocabularies fitted on these very codes (id -> (vocabulary, each value's position)):
+    # fit_transform then encodes without looking its values up
+    fitted: dict[int, tuple[list[str], NDArray[np.int64]]] = field(
+        default_factory=dict, compare=False
+    )
 
     @classmethod
     def of(cls, values: pl.Series) -> _Codes:
-        column = values.to_arrow()
-        if isinstance(column, pa.ChunkedArray):
-            column = column.combine_chunks()
-        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-            column = column.cast(pa.large_string())  # e.g. an Arrow dictionary (categorical)
+        if strings.ENABLED:
+            return cls(*strings.distinct(values))
+        column = strings.as_large_strings(values)
         encoded = pc.dictionary_encode(column)
-        indices = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
-        return cls(np.asarray(indices, dtype=np.int32), encoded.dictionary)
+        indices = np.asarray(
+            pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False), dtype=np.int32
+        )
+        counts = np.bincount(indices[indices >= 0], minlength=len(encoded.dictionary))
+        return cls(indices, encoded.dictionary, counts.astype(np.int64))
 
     @functools.cached_property
-    def hashes(self) -> NDArray[np.uint64]:
-        """Each row's string hash (``hashing.hash_strings``; a null hashes like ''),
-        computed once per distinct value, and once per column when a hashed field and a
-        cross both read it."""
-        distinct = hashing.hash_strings(
+    def value_hashes(self) -> NDArray[np.uint64]:
+        """Each distinct value's string hash (``hashing.hash_strings``), then that of ''
+        (a null hashes like '')."""
+        return hashing.hash_strings(
             pa.concat_arrays(
                 [self.dictionary.cast(pa.large_string()), pa.array([""], pa.large_string())]
             )
         )
-        return distinct[self.indices]  # index -1: the '' appended last
+
+    @functools.cached_property
+    def hashes(self) -> NDArray[np.uint64]:
+        """Each row's string hash, computed once per distinct value, and once per column
+        when a hashed field and a cross both read it."""
+        return self.value_hashes[self.indices]  # index -1: the '' appended last
+
+    @property
+    def missing(self) -> int:
+        """How many rows are null."""
+        return len(self.indices) - int(self.value_counts.sum())
 
     def counts(self) -> pl.DataFrame:
-        """How many rows hold each (non-null) value."""
-        present = self.indices[self.indices >= 0]
-        counts = np.bincount(present, minlength=len(self.dictionary)).astype(np.int64)
+        """How many rows hold each (non-null) value, and its number ("code")."""
         values = pl.Series("value", self.dictionary).cast(pl.String)
-        return pl.DataFrame({"value": values, "count": counts})
+        codes = np.arange(len(values), dtype=np.int64)
+        return pl.DataFrame({"value": values, "count": self.value_counts, "code": codes})
+
+    def remember(self, vocabulary: list[str], codes_in_order: NDArray[np.int64]) -> None:
+        """Note that ``vocabulary`` lists the values numbered ``codes_in_order``."""
+        positions = np.full(len(self.dictionary), -1, dtype=np.int64)
+        positions[codes_in_order] = np.arange(len(codes_in_order))
+        self.fitted[id(vocabulary)] = (vocabulary, positions)
+
+    def positions_in(self, vocabulary: list[str]) -> NDArray[np.int64]:
+        """Each distinct value's position in ``vocabulary``, -1 where it is not there."""
+        known = self.fitted.get(id(vocabulary))
+        if known is not None and known[0] is vocabulary:
+            return known[1]
+        index = _vocabulary_index(vocabulary)
+        if isinstance(index, strings.StringIndex):
+            return index.positions(self.dictionary)
+        positions = pc.fill_null(pc.index_in(self.dictionary.cast(index.type), value_set=index), -1)
+        return np.asarray(positions.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-CodeCache = dict[str, _Codes]  # by source column: fit_transform encodes each column once
+@dataclass
+class ColumnCache:
+    """Columns already read, by source column: ``fit_transform`` reads each once for both
+    fitting and encoding, and a column that feeds several features is read once."""
+
+    codes: dict[str, _Codes] = field(default_factory=dict)
+    numbers: dict[str, FloatArray] = field(default_factory=dict)
 
 
 def _column_codes(
-    frame: pl.DataFrame, feature: Feature, where: str, cache: CodeCache | None
+    frame: pl.DataFrame, feature: Feature, where: str, cache: ColumnCache | None
 ) -> _Codes:
-    if cache is not None and feature.source_column in cache:
-        return cache[feature.source_column]
+    if cache is not None and feature.source_column in cache.codes:
+        return cache.codes[feature.source_column]
     codes = _Codes.of(_strings(frame, feature, where))
     if cache is not None:
-        cache[feature.source_column] = codes
+        cache.codes[feature.source_column] = codes
     return codes
 
 
-def _vocabulary(counts: pl.DataFrame, min_count: int, max_size: int | None) -> list[str]:
-    """Values seen at least ``min_count`` times, most frequent first (ties by value)."""
-    counts = counts.filter(pl.col("count") >= min_count).sort(
+def _column_numbers(
+    frame: pl.DataFrame, feature: Feature, where: str, cache: ColumnCache | None
+) -> FloatArray:
+    """``_numbers`` of the feature's column (callers must not write to it: it is shared)."""
+    if cache is not None and feature.source_column in cache.numbers:
+        return cache.numbers[feature.source_column]
+    numbers = _numbers(frame, feature.source_column, where, feature.name)
+    if cache is not None:
+        cache.numbers[feature.source_column] = numbers
+    return numbers
+
+
+def _vocabulary(
+    counts: pl.DataFrame,
+    feature: CategoricalFeature | MultiCategoricalFeature,
+    codes: _Codes | None = None,
+) -> list[str]:
+    """Values seen at least ``min_count`` times, most frequent first (ties by value), at
+    most ``max_size``. ``codes``: the codes the counts came from, told the vocabulary."""
+    counts = counts.filter(pl.col("count") >= feature.min_count).sort(
         ["count", "value"], descending=[True, False]
     )
-    if max_size is not None:
-        counts = counts.head(max_size)
-    return [str(v) for v in counts.get_column("value").to_list()]
+    if feature.max_size is not None:
+        counts = counts.head(feature.max_size)
+    vocabulary = [str(v) for v in counts.get_column("value").to_list()]
+    if codes is not None and "code" in counts.columns:
+        codes.remember(vocabulary, counts.get_column("code").to_numpy())
+    return vocabulary
 
 
 def _feature_stats(
@@ -777,12 +846,13 @@ def _feature_stats(
     frame: pl.DataFrame,
     where: str,
     offset: int,
-    cache: CodeCache | None = None,
+    cache: ColumnCache | None = None,
 ) -> FeatureStats:
     """One chunk's stats for ``feature``; ``offset``: the chunk's first row in the table
     ``where`` (it keys the sample)."""
     if isinstance(feature, CategoricalFeature):
-        return FeatureStats(counts=[_column_codes(frame, feature, where, cache).counts()])
+        codes = _column_codes(frame, feature, where, cache)
+        return FeatureStats(counts=[codes.counts()], codes=codes)
     if isinstance(feature, MultiCategoricalFeature):
         lists = _list_values(frame, feature, where)
         lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
@@ -794,39 +864,45 @@ def _feature_stats(
         _strings(frame, feature, where)  # dtype check only
         return FeatureStats()
     if isinstance(feature, BucketizedFeature) and feature.boundaries is not None:
-        _numbers(frame, feature.source_column, where, feature.name)  # dtype check only
+        _column_numbers(frame, feature, where, cache)  # dtype check only
         return FeatureStats()
     if isinstance(feature, NumericFeature | BucketizedFeature):
-        values = _numbers(frame, feature.source_column, where, feature.name)
+        values = _column_numbers(frame, feature, where, cache)
         missing = np.isnan(values)
         if isinstance(feature, NumericFeature):
             if feature.fill == "error" and missing.any():
                 _raise_missing(feature, values, where)
             if feature.transform == "log1p":
-                _check_log1p(feature, np.where(missing, 0.0, values), where)
+                _check_log1p(feature, values, where)  # NaN <= -1 is false: missing pass
         observed = values[~missing]  # a copy, so no view keeps the chunk alive
         mean = float(observed.mean()) if observed.size else 0.0
-        keys, sample = _smallest(_sample_keys(where, offset, len(values))[~missing], observed)
-        return FeatureStats(
+        stats = FeatureStats(
             rows=len(values),
-            missing=int(missing.sum()),
+            missing=len(values) - len(observed),
             mean=mean,
             m2=float(np.square(observed - mean).sum()),
-            keys=[keys],
-            sample=[sample],
         )
+        if _needs_sample(feature):
+            keys, sample = _smallest(_sample_keys(where, offset, len(values))[~missing], observed)
+            stats.keys, stats.sample = [keys], [sample]
+        return stats
     return FeatureStats()  # crosses hash their components; nothing to learn
+
+
+def _needs_sample(feature: NumericFeature | BucketizedFeature) -> bool:
+    """Whether fitting takes a median or quantiles (from a sample of the values)."""
+    if isinstance(feature, BucketizedFeature):
+        return feature.boundaries is None
+    return feature.fill == "median" or feature.transform == "quantile"
 
 
 def _fit_feature(feature: Feature, stats: FeatureStats, where: str) -> dict[str, Any]:
     """The fitted state of ``feature`` from the stats of all its training rows."""
     if isinstance(feature, CategoricalFeature):
-        return {
-            "vocabulary": _vocabulary(stats.value_counts(), feature.min_count, feature.max_size)
-        }
+        return {"vocabulary": _vocabulary(stats.value_counts(), feature, stats.codes)}
     if isinstance(feature, MultiCategoricalFeature):
         return {
-            "vocabulary": _vocabulary(stats.value_counts(), feature.min_count, feature.max_size),
+            "vocabulary": _vocabulary(stats.value_counts(), feature),
             "max_values": feature.max_values or max(1, stats.longest),
         }
     if isinstance(feature, BucketizedFeature):
@@ -917,44 +993,40 @@ def _cardinality(feature: Feature, state: dict[str, Any]) -> int:
 # ------------------------------------------------------------------------------ encoding
 
 
-_VALUE_SETS: dict[int, tuple[list[str], pa.Array]] = {}
+_VOCABULARY_INDEXES: dict[int, tuple[list[str], strings.StringIndex | pa.Array]] = {}
 
 
-def _value_set(vocabulary: list[str]) -> pa.Array:
-    """The vocabulary as an Arrow array, built once per vocabulary list (a server encodes a
-    few rows per request; rebuilding a million-value array each time would dominate)."""
-    cached = _VALUE_SETS.get(id(vocabulary))
+def _vocabulary_index(vocabulary: list[str]) -> strings.StringIndex | pa.Array:
+    """The vocabulary's lookup table (an Arrow array where numba is missing), built once
+    per vocabulary list: a server encodes a few rows per request, and rebuilding a
+    million-value table each time would dominate."""
+    cached = _VOCABULARY_INDEXES.get(id(vocabulary))
     if cached is not None and cached[0] is vocabulary:
         return cached[1]
     array = pa.array(vocabulary, type=pa.large_string())
-    if len(_VALUE_SETS) >= 256:  # bounded: many short-lived preprocessors (tests, sweeps)
-        _VALUE_SETS.clear()
-    _VALUE_SETS[id(vocabulary)] = (vocabulary, array)
-    return array
+    index = strings.StringIndex(array) if strings.ENABLED else array
+    if len(_VOCABULARY_INDEXES) >= 256:  # bounded: many short-lived preprocessors (tests, sweeps)
+        _VOCABULARY_INDEXES.clear()
+    _VOCABULARY_INDEXES[id(vocabulary)] = (vocabulary, index)
+    return index
 
 
-def _lookup(codes: _Codes, vocabulary: list[str]) -> tuple[IdArray, int]:
+def _lookup(codes: _Codes, vocabulary: list[str]) -> tuple[CodedIds, int]:
     """Vocabulary ids (unknown -> 1, null -> 1) and how many non-null values were unseen.
 
-    Only the column's distinct values are looked up in the vocabulary (Arrow's hash lookup,
-    ``index_in``); the rows then take their value's id by position.
+    Only the column's distinct values are looked up in the vocabulary; the rows then take
+    their value's id by position.
     """
-    value_set = _value_set(vocabulary)
-    dictionary = codes.dictionary
-    if value_set.type != dictionary.type:
-        dictionary = dictionary.cast(value_set.type)
-    positions = pc.fill_null(pc.index_in(dictionary, value_set=value_set), -1)
-    found = np.asarray(positions.to_numpy(zero_copy_only=False), dtype=np.int64)
+    found = codes.positions_in(vocabulary)
     id_of = np.full(len(found) + 1, UNKNOWN_ID, dtype=np.int64)  # the last one: null rows
     id_of[:-1] = np.where(found >= 0, found + FIRST_ID, UNKNOWN_ID)
-    ids = id_of[codes.indices]
-    nulls = int(np.count_nonzero(codes.indices < 0))
-    unseen = int(np.count_nonzero(ids == UNKNOWN_ID)) - nulls
-    return ids, unseen
+    unseen = int(codes.value_counts[found < 0].sum())
+    return CodedIds(codes.indices, id_of), unseen
 
 
 T = TypeVar("T")
 PARALLEL_ROWS = 50_000  # below this, threads cost more than they save
+PARALLEL_VALUES = 10_000  # the same for the distinct values whose vocabularies are sorted
 
 
 def _per_feature(work: Callable[[Any], T], features: Sequence[Any], rows: int) -> list[T]:
@@ -966,6 +1038,11 @@ def _per_feature(work: Callable[[Any], T], features: Sequence[Any], rows: int) -
         return [work(f) for f in features]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(work, features))
+
+
+def _expanded(column: Column | NDArray[Any]) -> NDArray[Any]:
+    """A column as one array (ids expanded from their codes)."""
+    return column.expand() if isinstance(column, CodedIds) else np.ascontiguousarray(column)
 
 
 def _stack_columns(
@@ -1014,36 +1091,36 @@ def _encode_sparse(
     state: dict[str, Any],
     where: str,
     report: ColumnReport,
-    cache: CodeCache | None = None,
-) -> IdArray:
+    cache: ColumnCache | None = None,
+) -> Column:
     """Ids of one categorical-like (non-cross) feature: (N,) or (N, L) for multi-valued."""
     if isinstance(feature, CategoricalFeature):
         codes = _column_codes(frame, feature, where, cache)
-        ids, report.unseen = _lookup(codes, state["vocabulary"])
-        report.missing = int(np.count_nonzero(codes.indices < 0))
-        return ids
+        coded, report.unseen = _lookup(codes, state["vocabulary"])
+        report.missing = codes.missing
+        return coded
     if isinstance(feature, HashedFeature):
         codes = _column_codes(frame, feature, where, cache)
-        ids = (FIRST_ID + codes.hashes % np.uint64(feature.num_buckets)).astype(np.int64)
-        nulls = codes.indices < 0
-        ids[nulls] = UNKNOWN_ID
-        report.missing = int(nulls.sum())
-        return ids
+        id_of = (FIRST_ID + codes.value_hashes % np.uint64(feature.num_buckets)).astype(np.int64)
+        id_of[-1] = UNKNOWN_ID  # null rows
+        report.missing = codes.missing
+        return CodedIds(codes.indices, id_of)
     if isinstance(feature, BucketizedFeature):
-        numbers = _numbers(frame, feature.source_column, where, feature.name)
+        numbers = _column_numbers(frame, feature, where, cache)
         missing = np.isnan(numbers)
-        ids = FIRST_ID + _bucket_index(np.where(missing, 0.0, numbers), state["boundaries"])
-        ids[missing] = UNKNOWN_ID
+        buckets = FIRST_ID + _bucket_index(np.where(missing, 0.0, numbers), state["boundaries"])
+        buckets[missing] = UNKNOWN_ID
         report.missing = int(missing.sum())
-        return ids.astype(np.int64)
+        return buckets.astype(np.int64)
     if isinstance(feature, MultiCategoricalFeature):
         lists = _list_values(frame, feature, where)
         flat = pl.Series("value", pc.list_flatten(lists))
-        flat_ids, report.unseen = _lookup(_Codes.of(flat), state["vocabulary"])
-        flat_ids[flat.is_null().to_numpy()] = PADDING_ID
-        ids, _, report.truncated = _padded(lists, flat_ids, state["max_values"], PADDING_ID)
+        coded, report.unseen = _lookup(_Codes.of(flat), state["vocabulary"])
+        flat_ids = coded.expand()
+        flat_ids[coded.codes < 0] = PADDING_ID
+        padded, _, report.truncated = _padded(lists, flat_ids, state["max_values"], PADDING_ID)
         report.missing = int(lists.null_count)
-        return ids
+        return padded
     raise TypeError(f"feature '{feature.name}' ({feature.kind}) has no ids")
 
 
@@ -1052,14 +1129,14 @@ def _component_tokens(
     frame: pl.DataFrame,
     state: dict[str, Any],
     where: str,
-    cache: CodeCache | None = None,
+    cache: ColumnCache | None = None,
 ) -> _Tokens:
     """Hashes of a cross component's raw values (unseen values keep their own identity)."""
     if isinstance(feature, CategoricalFeature | HashedFeature):
         codes = _column_codes(frame, feature, where, cache)
         return _Tokens(codes.hashes[:, None], (codes.indices >= 0)[:, None])
     if isinstance(feature, BucketizedFeature):
-        numbers = _numbers(frame, feature.source_column, where, feature.name)
+        numbers = _column_numbers(frame, feature, where, cache)
         missing = np.isnan(numbers)
         buckets = _bucket_index(np.where(missing, 0.0, numbers), state["boundaries"])
         return _Tokens(hashing.hash_ints(buckets)[:, None], ~missing[:, None])
@@ -1099,9 +1176,13 @@ def _encode_cross(
 
 
 def _encode_numeric(
-    feature: NumericFeature, frame: pl.DataFrame, state: dict[str, Any], where: str
+    feature: NumericFeature,
+    frame: pl.DataFrame,
+    state: dict[str, Any],
+    where: str,
+    cache: ColumnCache | None = None,
 ) -> FloatArray:
-    values = _numbers(frame, feature.source_column, where, feature.name)
+    values = _column_numbers(frame, feature, where, cache)
     missing = np.isnan(values)
     if feature.fill == "error" and missing.any():
         _raise_missing(feature, values, where)

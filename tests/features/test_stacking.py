@@ -1,0 +1,51 @@
+"""The id matrix: plain and coded columns side by side, with and without numba, on threads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from widedeep.features import stacking
+from widedeep.features.stacking import CodedIds, stack_ids
+
+
+def _columns(n: int, seed: int = 0) -> list[np.ndarray | CodedIds]:
+    rng = np.random.default_rng(seed)
+    coded = CodedIds(rng.integers(-1, 5, n).astype(np.int32), np.array([7, 8, 9, 10, 11, 1]))
+    plain = rng.integers(0, 1000, n)
+    return [plain, coded, plain[::-1].copy(), CodedIds(np.zeros(n, np.int32), np.array([3, 1]))]
+
+
+def _reference(columns: list[np.ndarray | CodedIds]) -> np.ndarray:
+    expanded = [c.id_of[c.codes] if isinstance(c, CodedIds) else c for c in columns]
+    return np.stack(expanded, axis=1)
+
+
+def test_coded_columns_take_their_ids_and_a_null_code_takes_the_last_id() -> None:
+    coded = CodedIds(np.array([2, -1, 0], np.int32), np.array([5, 6, 7, 1]))
+    out = stack_ids([np.array([9, 9, 9]), coded], 3)
+    assert out.tolist() == [[9, 7], [9, 1], [9, 5]]
+    assert coded.expand().tolist() == [7, 1, 5]
+    assert coded.take(np.array([1, 1])).expand().tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_stacking_matches_numpy_with_and_without_numba(
+    compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if compiled and not stacking.AVAILABLE:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(stacking, "AVAILABLE", compiled)
+    columns = _columns(2_345)
+    np.testing.assert_array_equal(stack_ids(columns, 2_345), _reference(columns))
+
+
+def test_rows_split_over_threads_give_the_same_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stacking, "_ROWS_PER_THREAD", 100)
+    monkeypatch.setattr(stacking.os, "cpu_count", lambda: 3)
+    columns = _columns(1_001, seed=1)
+    np.testing.assert_array_equal(stack_ids(columns, 1_001), _reference(columns))
+
+
+def test_no_columns_give_an_empty_matrix() -> None:
+    assert stack_ids([], 4).shape == (4, 0)
