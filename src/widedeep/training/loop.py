@@ -20,7 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,7 @@ from widedeep.training.checkpoint import (
     save_checkpoint,
     table_fingerprint,
 )
-from widedeep.training.memory import check_memory, plan_memory
+from widedeep.training.memory import check_memory, plan_memory, release_freed_memory
 from widedeep.training.optimizers import build_optimizers, use_sparse_gradients
 from widedeep.warmstart import seed_ftrl_state, warm_start
 
@@ -233,6 +233,15 @@ def _train(
     validation_table = TensorTable.from_encoded(validation_encoded)
     if validation_encoded.report.notable():
         log.info("validation data: %s", validation_encoded.report)
+    # Encoded, the raw tables are dead weight through training (the training table's was
+    # about 2x its encoding): let them go, and hand the freed memory back to the system.
+    # Recommendation runs read the training rows again at the end.
+    splits = replace(
+        splits,
+        train=splits.train if splits.rec is not None else splits.train.clear(),
+        validation=splits.validation.clear(),
+    )
+    release_freed_memory()
     data = {"train": train_fingerprint, "validation": table_fingerprint(validation_table)}
     if resumed is not None:
         check_data(resumed, data)

@@ -8,9 +8,13 @@ instead of letting the process die in the middle of building the model.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -100,3 +104,22 @@ def check_memory(plan: MemoryPlan, device: torch.device) -> None:
         f"(weights): {biggest}. Lower their num_buckets or embedding_dim, or choose an "
         "optimizer with less state (adagrad keeps 1 copy per weight, adam and ftrl 2)."
     )
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None (another C library, or none found)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:  # pragma: no cover - no loadable C library
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand memory the process has freed back to the system. glibc keeps freed blocks for
+    reuse, and after encoding a million-row table it held ~200 MB of them (resident,
+    counted in the peak); elsewhere this does nothing."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
