@@ -276,19 +276,29 @@ def test_fit_transform_is_the_same_with_the_compiled_tables_and_with_arrow(
 
     def run() -> tuple[Any, ...]:
         pre = Preprocessor(schema)
-        fitted = pre.fit_transform(train)
+        fitted = pre.fit_transform(train)  # ids from the vocabulary's sort: no lookups
+        looked_up = pre.transform(train)  # ids looked up in the vocabulary
         applied = pre.transform(new)
-        return pre.to_dict(), fitted, applied
+        return pre.to_dict(), fitted, looked_up, applied
 
-    compiled = run()
-    monkeypatch.setattr(preprocessing.strings, "ENABLED", False)
-    monkeypatch.setattr(preprocessing, "_VOCABULARY_INDEXES", {})
-    arrow = run()
-    assert compiled[0] == arrow[0]
-    for ours, theirs in zip(compiled[1:], arrow[1:], strict=True):
+    def assert_same(ours: Any, theirs: Any) -> None:
         np.testing.assert_array_equal(ours.ids, theirs.ids)
         for mine, other in zip(ours.multi_ids, theirs.multi_ids, strict=True):
             np.testing.assert_array_equal(mine, other)
         np.testing.assert_array_equal(ours.dense, theirs.dense)
         assert str(ours.report) == str(theirs.report)
-    assert compiled[2].report.columns["code"].unseen > 0
+
+    compiled = run()
+    # the features and vocabularies on threads, as for large tables
+    monkeypatch.setattr(preprocessing, "PARALLEL_ROWS", 1)
+    monkeypatch.setattr(preprocessing, "PARALLEL_VALUES", 1)
+    on_threads = run()
+    monkeypatch.setattr(preprocessing.strings, "ENABLED", False)
+    monkeypatch.setattr(preprocessing, "_VOCABULARY_INDEXES", {})
+    arrow = run()
+    assert compiled[0] == on_threads[0] == arrow[0]
+    assert_same(compiled[1], compiled[2])
+    for other in (on_threads, arrow):
+        for ours, theirs in zip(compiled[1:], other[1:], strict=True):
+            assert_same(ours, theirs)
+    assert compiled[3].report.columns["code"].unseen > 0

@@ -79,11 +79,42 @@ def test_string_index_finds_each_value_and_nothing_else() -> None:
     assert found.tolist() == [len(WORDS) - 1 - i for i in range(len(WORDS))] + [-1] * 4
 
 
-def test_string_index_refuses_repeated_or_null_strings() -> None:
-    with pytest.raises(ValueError, match="distinct, non-null"):
-        strings.StringIndex(pa.array(["a", "b", "a"]))
-    with pytest.raises(ValueError, match="distinct, non-null"):
-        strings.StringIndex(pa.array(["a", None]))
+def test_a_string_listed_twice_is_found_at_its_first_position_and_nulls_never() -> None:
+    index = strings.StringIndex(
+        pa.array(["a", None, "b", "a", "long string listed twice", "long string listed twice"])
+    )
+    found = index.positions(pl.Series(["a", "b", None, "long string listed twice", "c"]))
+    assert found.tolist() == [0, 2, -1, 4, -1]
+
+
+def _overlapping_slices(text: bytes, n: int, length: int) -> pl.Series:
+    """Strings i = text[i : i + length], as Arrow string views that all point into one
+    buffer (as slices of one string can), taken by polars without a copy."""
+    views = np.zeros((n, 4), dtype=np.int32)
+    views[:, 0] = length
+    views[:, 1] = [int.from_bytes(text[i : i + 4], "little", signed=True) for i in range(n)]
+    views[:, 3] = np.arange(n)  # buffer 0, offset i
+    buffers = [None, pa.py_buffer(views.tobytes()), pa.py_buffer(text)]
+    series = pl.from_arrow(pa.Array.from_buffers(pa.string_view(), n, buffers))
+    assert isinstance(series, pl.Series)
+    return series
+
+
+def test_distinct_values_may_hold_more_bytes_than_the_column_buffers() -> None:
+    rng = random.Random(2)
+    text = bytes(rng.choice(b"abcdefghij") for _ in range(6000))
+    values = _overlapping_slices(text, 5000, 100)
+    (part,) = values.get_chunks()
+    assert strings._Chunk(part).long_bytes == len(text)  # 6 kB of bytes, 500 kB of values
+    assert values.n_unique() == 5000
+    _assert_like_arrow(values)
+
+
+def test_distinct_of_a_slice_of_a_column() -> None:
+    rng = random.Random(1)
+    values = pl.Series([rng.choice([*WORDS, None]) for _ in range(3000)])
+    _assert_like_arrow(values.slice(17, 1000))
+    _assert_like_arrow(values.tail(5))
 
 
 @pytest.mark.parametrize("word", ["abc", "abcdefghijklmnopq"])

@@ -1024,6 +1024,18 @@ def _lookup(codes: _Codes, vocabulary: list[str]) -> tuple[CodedIds, int]:
     return CodedIds(codes.indices, id_of), unseen
 
 
+def warm_up() -> None:
+    """Load the preprocessor's compiled loops now (compiling them where no cache holds
+    them). A process pays this on its first encoding, about 0.5 s here (numba's own start
+    and the loops' machine code), seconds when it compiles: training calls it before it
+    times preprocessing, so that the time is the tables' and not this."""
+    if strings.ENABLED:
+        values = pl.Series(["", "a value longer than twelve bytes", None])
+        _, dictionary, _ = strings.distinct(values)
+        strings.StringIndex(dictionary).positions(values)
+    stack_ids([np.zeros(1, np.int64), CodedIds(np.zeros(1, np.int32), np.ones(1, np.int64))], 1)
+
+
 T = TypeVar("T")
 PARALLEL_ROWS = 50_000  # below this, threads cost more than they save
 PARALLEL_VALUES = 10_000  # the same for the distinct values whose vocabularies are sorted

