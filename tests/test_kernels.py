@@ -244,3 +244,13 @@ def test_half_precision_dense_inputs_take_torchs_ops(calls: dict[str, int]) -> N
     out = gather_fields(table, ids, columns, offsets, dense)
     assert calls["gather_fields_"] == 0
     assert torch.equal(out[:, -2:], dense.float())
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_column_ranges_match_torch_on_every_layout(dtype: torch.dtype) -> None:
+    ids = torch.randint(-5, 100, (1000, 7), generator=torch.Generator().manual_seed(0)).to(dtype)
+    want = (ids.amin(dim=0).tolist(), ids.amax(dim=0).tolist())
+    assert kernels.column_ranges(ids) == want
+    assert kernels.column_ranges(ids.t().contiguous().t()) == want  # strided: torch's path
+    one = ids[:1].contiguous()
+    assert kernels.column_ranges(one) == (one[0].tolist(), one[0].tolist())

@@ -301,6 +301,32 @@ def gather_fields_(
     return out, rows
 
 
+@_jit
+def _column_ranges(ids, lows, highs):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Each column's smallest and largest value, in one pass over the rows."""
+    for j in range(ids.shape[1]):
+        lows[j] = ids[0, j]
+        highs[j] = ids[0, j]
+    for i in range(1, ids.shape[0]):
+        for j in range(ids.shape[1]):
+            value = ids[i, j]
+            lows[j] = min(lows[j], value)
+            highs[j] = max(highs[j], value)
+
+
+def column_ranges(ids: Tensor) -> tuple[list[int], list[int]]:
+    """The smallest and the largest id of each column of a (rows >= 1, F) id matrix: one
+    pass over its rows here, where torch's column-wise ``amin`` and ``amax`` made two
+    strided passes (22 ms against ~3 ms for 200k x 26 ids, checked before every scoring)."""
+    if ENABLED and ids.device.type == "cpu" and ids.is_contiguous() and ids.dim() == 2:
+        lows = np.empty(ids.shape[1], dtype=np.int64)
+        highs = np.empty(ids.shape[1], dtype=np.int64)
+        _column_ranges(ids.numpy(), lows, highs)
+        return lows.tolist(), highs.tolist()
+    low, high = torch.aminmax(ids, dim=0)
+    return low.tolist(), high.tolist()
+
+
 class RowGrouper:
     """Sums a row-sparse gradient by row with ``_sum_rows``; one scratch vector per table."""
 

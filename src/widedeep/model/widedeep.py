@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from widedeep import kernels
 from widedeep.data.batch import Batch
 from widedeep.errors import ConfigError
 from widedeep.features.layout import FeatureLayout, SparseField
@@ -256,7 +257,7 @@ class WideDeep(nn.Module):
             return  # a range check would force a device sync on every step
         ranges = []  # (field, low, high); single ids from one column-wise reduction
         if ids.numel():
-            lows, highs = ids.amin(dim=0).tolist(), ids.amax(dim=0).tolist()
+            lows, highs = kernels.column_ranges(ids)
             ranges += list(zip(layout.single, lows, highs, strict=True))
         for field, values in zip(layout.multi, batch.multi_ids, strict=True):
             if values.numel():
