@@ -876,11 +876,13 @@ def _feature_stats(
                 _check_log1p(feature, values, where)  # NaN <= -1 is false: missing pass
         observed = values[~missing]  # a copy, so no view keeps the chunk alive
         mean = float(observed.mean()) if observed.size else 0.0
+        squares = observed - mean
+        np.square(squares, out=squares)  # in place: a table's worth of memory less to touch
         stats = FeatureStats(
             rows=len(values),
             missing=len(values) - len(observed),
             mean=mean,
-            m2=float(np.square(observed - mean).sum()),
+            m2=float(squares.sum()),
         )
         if _needs_sample(feature):
             keys, sample = _smallest(_sample_keys(where, offset, len(values))[~missing], observed)
@@ -1198,12 +1200,14 @@ def _encode_numeric(
     missing = np.isnan(values)
     if feature.fill == "error" and missing.any():
         _raise_missing(feature, values, where)
-    values = np.where(missing, state["fill"], values)
-    if feature.transform == "log1p":
+    values = np.where(missing, state["fill"], values)  # a new array: the one read is shared
+    if feature.transform == "log1p":  # (transforms in place: less fresh memory to touch)
         _check_log1p(feature, values, where)
-        return np.log1p(values)
+        return np.log1p(values, out=values)
     if feature.transform == "standardize":
-        return (values - state["mean"]) / state["std"]
+        values -= state["mean"]
+        values /= state["std"]
+        return values
     if feature.transform == "quantile":
         quantiles = np.asarray(state["quantiles"], dtype=np.float64)
         # The paper: a value in the i-th of n_q quantiles maps to (i - 1) / (n_q - 1). A value
