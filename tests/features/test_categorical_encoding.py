@@ -302,3 +302,20 @@ def test_fit_transform_is_the_same_with_the_compiled_tables_and_with_arrow(
         for ours, theirs in zip(compiled[1:], other[1:], strict=True):
             assert_same(ours, theirs)
     assert compiled[3].report.columns["code"].unseen > 0
+
+
+def test_fit_transform_takes_ids_from_the_fit_and_transform_looks_them_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lookups: list[int] = []
+    build = preprocessing._vocabulary_index
+    monkeypatch.setattr(
+        preprocessing, "_vocabulary_index", lambda v: lookups.append(len(v)) or build(v)
+    )
+    schema = FeatureSchema.from_dict({"features": [{"name": "country", "kind": "categorical"}]})
+    pre = Preprocessor(schema)
+    fitted = pre.fit_transform(pl.DataFrame({"country": TRAIN}))
+    assert lookups == []
+    looked_up = pre.transform(pl.DataFrame({"country": TRAIN}))
+    assert lookups == [4]
+    np.testing.assert_array_equal(fitted.ids, looked_up.ids)

@@ -47,6 +47,7 @@ from widedeep.features.stacking import CodedIds, Column, stack_ids
 from widedeep.tables import TableSource, describe_source, read_table
 
 STATE_VERSION = 1
+T = TypeVar("T")
 IdArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
 
@@ -696,8 +697,7 @@ def _smallest(
 def _merged_counts(frames: list[pl.DataFrame]) -> pl.DataFrame:
     if len(frames) == 1:
         return frames[0]
-    both = pl.concat([f.select("value", "count") for f in frames])  # codes are per chunk
-    return both.group_by("value").agg(pl.col("count").sum())
+    return pl.concat(frames).group_by("value").agg(pl.col("count").sum())
 
 
 def _pending_counts(frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
@@ -768,10 +768,9 @@ class _Codes:
         return len(self.indices) - int(self.value_counts.sum())
 
     def counts(self) -> pl.DataFrame:
-        """How many rows hold each (non-null) value, and its number ("code")."""
+        """How many rows hold each (non-null) value, in the order of ``dictionary``."""
         values = pl.Series("value", self.dictionary).cast(pl.String)
-        codes = np.arange(len(values), dtype=np.int64)
-        return pl.DataFrame({"value": values, "count": self.value_counts, "code": codes})
+        return pl.DataFrame({"value": values, "count": self.value_counts})
 
     def remember(self, vocabulary: list[str], codes_in_order: NDArray[np.int64]) -> None:
         """Note that ``vocabulary`` lists the values numbered ``codes_in_order``."""
@@ -800,27 +799,35 @@ class ColumnCache:
     numbers: dict[str, FloatArray] = field(default_factory=dict)
 
 
+def _read_once(store: dict[str, T] | None, column: str, read: Callable[[], T]) -> T:
+    """``read()`` of a source column, or what it gave before where ``store`` kept it."""
+    if store is not None and column in store:
+        return store[column]
+    value = read()
+    if store is not None:
+        store[column] = value
+    return value
+
+
 def _column_codes(
     frame: pl.DataFrame, feature: Feature, where: str, cache: ColumnCache | None
 ) -> _Codes:
-    if cache is not None and feature.source_column in cache.codes:
-        return cache.codes[feature.source_column]
-    codes = _Codes.of(_strings(frame, feature, where))
-    if cache is not None:
-        cache.codes[feature.source_column] = codes
-    return codes
+    store = None if cache is None else cache.codes
+    return _read_once(
+        store, feature.source_column, lambda: _Codes.of(_strings(frame, feature, where))
+    )
 
 
 def _column_numbers(
     frame: pl.DataFrame, feature: Feature, where: str, cache: ColumnCache | None
 ) -> FloatArray:
     """``_numbers`` of the feature's column (callers must not write to it: it is shared)."""
-    if cache is not None and feature.source_column in cache.numbers:
-        return cache.numbers[feature.source_column]
-    numbers = _numbers(frame, feature.source_column, where, feature.name)
-    if cache is not None:
-        cache.numbers[feature.source_column] = numbers
-    return numbers
+    store = None if cache is None else cache.numbers
+    return _read_once(
+        store,
+        feature.source_column,
+        lambda: _numbers(frame, feature.source_column, where, feature.name),
+    )
 
 
 def _vocabulary(
@@ -829,15 +836,18 @@ def _vocabulary(
     codes: _Codes | None = None,
 ) -> list[str]:
     """Values seen at least ``min_count`` times, most frequent first (ties by value), at
-    most ``max_size``. ``codes``: the codes the counts came from, told the vocabulary."""
+    most ``max_size``. ``codes``: the codes whose ``counts()`` these are (one chunk's),
+    told which of their values the vocabulary lists, in its order."""
+    if codes is not None:
+        counts = counts.with_row_index("code")  # a value's row in counts() is its code
     counts = counts.filter(pl.col("count") >= feature.min_count).sort(
         ["count", "value"], descending=[True, False]
     )
     if feature.max_size is not None:
         counts = counts.head(feature.max_size)
     vocabulary = [str(v) for v in counts.get_column("value").to_list()]
-    if codes is not None and "code" in counts.columns:
-        codes.remember(vocabulary, counts.get_column("code").to_numpy())
+    if codes is not None:
+        codes.remember(vocabulary, counts.get_column("code").to_numpy().astype(np.int64))
     return vocabulary
 
 
@@ -1038,7 +1048,6 @@ def warm_up() -> None:
     stack_ids([np.zeros(1, np.int64), CodedIds(np.zeros(1, np.int32), np.ones(1, np.int64))], 1)
 
 
-T = TypeVar("T")
 PARALLEL_ROWS = 50_000  # below this, threads cost more than they save
 PARALLEL_VALUES = 10_000  # the same for the distinct values whose vocabularies are sorted
 
