@@ -11,14 +11,14 @@ import torch
 from widedeep import kernels
 from widedeep.data.batch import Batch
 from widedeep.features.layout import FeatureLayout, SparseField
-from widedeep.model.gather import gather_fields
+from widedeep.model.gather import gather_fields, sum_fields
 from widedeep.model.widedeep import WideDeep
 from widedeep.optim import FTRL, LazyAdagrad, LazyAdam
 
 pytestmark = pytest.mark.skipif(not kernels.ENABLED, reason="numba is not installed")
 
 
-FUSED = ("gather_fields_", "adam_rows_", "adagrad_rows_", "ftrl_rows_")
+FUSED = ("gather_fields_", "sum_fields_", "adam_rows_", "adagrad_rows_", "ftrl_rows_")
 
 
 @pytest.fixture
@@ -94,12 +94,58 @@ def test_fused_lookup_reads_int32_ids(torch_ops: Callable[[bool], None]) -> None
     assert torch.equal(fused, reference)
 
 
-def test_an_id_outside_the_table_is_an_index_error_naming_the_batch_row() -> None:
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_lookup_and_sum_and_its_gradient_equal_torchs(
+    torch_ops: Callable[[bool], None], calls: dict[str, int], sparse: bool, dtype: torch.dtype
+) -> None:
+    """A linear model's terms summed as they are read: the sums and the table's gradient."""
+    ids, columns, offsets = fields_and_ids()
+    results = []
+    for fused in (True, False):
+        torch_ops(fused)
+        torch.manual_seed(0)
+        table = torch.nn.Embedding(21, 1, sparse=sparse).to(dtype)
+        sums = sum_fields(table, ids, columns, offsets)
+        (sums * torch.linspace(-1, 1, 64, dtype=dtype)).pow(2).sum().backward()
+        assert table.weight.grad is not None
+        assert table.weight.grad.is_sparse == sparse
+        results.append((sums.detach(), table.weight.grad.to_dense()))
+    assert calls["sum_fields_"] == 1  # the first run only
+    (fused_sums, fused_grad), (torch_sums, torch_grad) = results
+    assert fused_sums.shape == (64,)
+    torch.testing.assert_close(fused_sums, torch_sums)  # summed in another order
+    torch.testing.assert_close(fused_grad, torch_grad)
+
+
+def test_lookups_without_gradients_give_what_lookups_with_them_give(calls: dict[str, int]) -> None:
+    """Scoring does not record the rows it reads (no backward pass to feed)."""
+    ids, columns, offsets = fields_and_ids()
+    dense, table, linear = torch.randn(64, 2), torch.nn.Embedding(21, 3), torch.nn.Embedding(21, 1)
+    with torch.no_grad():
+        scored = (
+            gather_fields(table, ids, columns, offsets, dense),
+            sum_fields(linear, ids, columns, offsets),
+        )
+    trained = (
+        gather_fields(table, ids, columns, offsets, dense),
+        sum_fields(linear, ids, columns, offsets),
+    )
+    assert all(t.requires_grad for t in trained) and not any(s.requires_grad for s in scored)
+    assert all(torch.equal(s, t) for s, t in zip(scored, trained, strict=True))
+    assert (calls["gather_fields_"], calls["sum_fields_"]) == (2, 2)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_an_id_outside_the_table_is_an_index_error_naming_the_batch_row(grad: bool) -> None:
     ids, columns, offsets = fields_and_ids()
     ids[41, 2] = 99
-    table = torch.nn.Embedding(21, 3)
-    with pytest.raises(IndexError, match="batch row 41"):
-        gather_fields(table, ids, columns, offsets)
+    table, linear = torch.nn.Embedding(21, 3), torch.nn.Embedding(21, 1)
+    with torch.set_grad_enabled(grad):
+        with pytest.raises(IndexError, match="batch row 41"):
+            gather_fields(table, ids, columns, offsets)
+        with pytest.raises(IndexError, match="batch row 41"):
+            sum_fields(linear, ids, columns, offsets)
 
 
 def test_ids_or_dense_inputs_of_the_wrong_shape_are_refused_before_the_loop_reads_them() -> None:
@@ -149,7 +195,8 @@ def test_a_model_trained_with_the_fused_loops_equals_one_trained_with_torch_ops(
                 optimizer.step()
         states.append(model.state_dict())
         if fused:  # 5 steps: a wide and a deep lookup each, one FTRL and one Adam update
-            assert (calls["gather_fields_"], calls["ftrl_rows_"], calls["adam_rows_"]) == (10, 5, 5)
+            counts = [calls[name] for name in FUSED if name != "adagrad_rows_"]
+            assert counts == [5, 5, 5, 5]
     for name, value in states[0].items():
         torch.testing.assert_close(value, states[1][name], rtol=0, atol=1e-12, msg=name)
 

@@ -235,24 +235,30 @@ def _ftrl_rows(param, z, n, rows, sums, lr, beta, l1, l2):  # type: ignore[no-un
                 weights[d] = -shrunk / ((beta + root) / lr + l2)
 
 
-def _gather_fields(table, ids, columns, offsets, dense, out, rows):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """``out[b, f*D:(f+1)*D] = table[ids[b, columns[f]] + offsets[f]]`` and the rows looked
-    up into ``rows[b, f]``; ``dense[b]`` into the columns after the fields. Returns the first
-    batch row with an id outside the table, or -1."""
-    batch, fields = rows.shape
+def _prefetch_fields(table, ids, b, columns, offsets):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Ask the memory for the table rows that batch row ``b``'s fields will read."""
+    for f in range(columns.shape[0]):
+        ahead = ids[b, columns[f]] + offsets[f]
+        if 0 <= ahead < table.shape[0]:
+            _prefetch(table, ahead)
+
+
+def _gather_fields(table, ids, columns, offsets, dense, out, rows, record):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """``out[b, f*D:(f+1)*D] = table[ids[b, columns[f]] + offsets[f]]``, and with ``record``
+    the rows looked up into ``rows[b, f]`` (for the backward pass); ``dense[b]`` into the
+    columns after the fields. Returns the first batch row with an id outside the table, or -1."""
+    batch, fields = ids.shape[0], columns.shape[0]
     width = table.shape[1]
     tail = fields * width
     for b in range(batch):
         if b + GATHER_AHEAD < batch:
-            for f in range(fields):
-                ahead = ids[b + GATHER_AHEAD, columns[f]] + offsets[f]
-                if 0 <= ahead < table.shape[0]:
-                    _prefetch(table, ahead)
+            _prefetch_fields(table, ids, b + GATHER_AHEAD, columns, offsets)
         for f in range(fields):
             row = ids[b, columns[f]] + offsets[f]
             if row < 0 or row >= table.shape[0]:
                 return b
-            rows[b, f] = row
+            if record:
+                rows[b, f] = row
             source = table[row]
             start = f * width
             for d in range(width):
@@ -262,27 +268,73 @@ def _gather_fields(table, ids, columns, offsets, dense, out, rows):  # type: ign
     return -1
 
 
+def _sum_fields(table, ids, columns, offsets, out, rows, record):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """``out[b] += sum_f table[ids[b, columns[f]] + offsets[f], 0]`` (a one-column table: a
+    linear model's weights), the rows as ``_gather_fields`` records them. Returns the first
+    batch row with an id outside the table, or -1."""
+    batch, fields = ids.shape[0], columns.shape[0]
+    for b in range(batch):
+        if b + GATHER_AHEAD < batch:
+            _prefetch_fields(table, ids, b + GATHER_AHEAD, columns, offsets)
+        total = out[b]
+        for f in range(fields):
+            row = ids[b, columns[f]] + offsets[f]
+            if row < 0 or row >= table.shape[0]:
+                return b
+            if record:
+                rows[b, f] = row
+            total += table[row, 0]
+        out[b] = total
+    return -1
+
+
 # One thread: split over two, lookups were slower in place, in training steps and in scoring
 # (numba's threads wait for the cores torch's threads hold between its operators).
+_prefetch_fields = _jit(_prefetch_fields)
 _gather_fields = _jit(_gather_fields)
+_sum_fields = _jit(_sum_fields)
+
+
+def _check_lookup(ids: Tensor, columns: Tensor) -> None:
+    """The loops read ``ids[b, columns[f]]`` unchecked: the shapes are checked here."""
+    if ids.dim() != 2 or (
+        columns.shape[0] and not 0 <= int(columns.min()) <= int(columns.max()) < ids.shape[1]
+    ):
+        raise ValueError(f"ids of shape {tuple(ids.shape)} lack the columns {columns.tolist()}")
+
+
+def _raise_if_outside(first_bad: int, table: Tensor) -> None:
+    """A lookup loop's return value (the first batch row with an id outside ``table``, or
+    -1) as the error it stands for."""
+    if first_bad >= 0:
+        raise IndexError(
+            f"batch row {first_bad}: an id outside the embedding table of {table.shape[0]} rows"
+        )
+
+
+def _looked_up_rows(batch: int, fields: int, record: bool) -> Tensor:
+    """Where a lookup records the table rows it read: (B, F), or empty when not recorded."""
+    return torch.empty((batch, fields) if record else (0, fields), dtype=torch.int64)
 
 
 def gather_fields_(
-    table: Tensor, ids: Tensor, columns: Tensor, offsets: Tensor, dense: Tensor | None
+    table: Tensor,
+    ids: Tensor,
+    columns: Tensor,
+    offsets: Tensor,
+    dense: Tensor | None,
+    record: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """``(out, rows)``: each batch row's fields' table rows side by side, then ``dense``
-    (B, F*D [+ D_dense]), and the table rows looked up (B, F)."""
+    (B, F*D [+ D_dense]), and the table rows looked up (B, F), or an empty (0, F) without
+    ``record`` (scoring, which has no backward pass to feed)."""
     batch, fields, width = ids.shape[0], columns.shape[0], table.shape[1]
     extra = 0 if dense is None else dense.shape[1]
-    # The loop reads ids[b, columns[f]] and dense[b] unchecked: shapes are checked here.
-    if ids.dim() != 2 or (
-        fields and not 0 <= int(columns.min()) <= int(columns.max()) < ids.shape[1]
-    ):
-        raise ValueError(f"ids of shape {tuple(ids.shape)} lack the columns {columns.tolist()}")
+    _check_lookup(ids, columns)
     if dense is not None and (dense.dim() != 2 or dense.shape[0] != batch):
         raise ValueError(f"dense inputs of shape {tuple(dense.shape)} for {batch} rows of ids")
     out = torch.empty((batch, fields * width + extra), dtype=table.dtype)
-    rows = torch.empty((batch, fields), dtype=torch.int64)
+    rows = _looked_up_rows(batch, fields, record)
     no_dense = np.empty((batch, 0), dtype=np.float32)
     arrays = (
         _rows_view(table),
@@ -293,12 +345,30 @@ def gather_fields_(
         out.numpy(),
         rows.numpy(),
     )
-    first_bad = _gather_fields(*arrays)
-    if first_bad >= 0:
-        raise IndexError(
-            f"batch row {first_bad}: an id outside the embedding table of {table.shape[0]} rows"
-        )
+    _raise_if_outside(_gather_fields(*arrays, record), table)
     return out, rows
+
+
+def sum_fields_(
+    table: Tensor, ids: Tensor, columns: Tensor, offsets: Tensor, record: bool = True
+) -> tuple[Tensor, Tensor]:
+    """``(sums, rows)``: each batch row's fields' entries of a one-column table summed (B,),
+    in field order, and the rows looked up as ``gather_fields_`` gives them."""
+    if table.dim() != 2 or table.shape[1] != 1:
+        raise ValueError(f"a table of shape {tuple(table.shape)} is not one column wide")
+    _check_lookup(ids, columns)
+    sums = torch.zeros(ids.shape[0], dtype=table.dtype)
+    rows = _looked_up_rows(ids.shape[0], columns.shape[0], record)
+    arrays = (
+        _rows_view(table),
+        ids.numpy(),
+        columns.numpy(),
+        offsets.numpy(),
+        sums.numpy(),
+        rows.numpy(),
+    )
+    _raise_if_outside(_sum_fields(*arrays, record), table)
+    return sums, rows
 
 
 @_jit

@@ -1,9 +1,10 @@
 """Many fields' ids looked up in one embedding table, side by side: the input of an MLP
 or the terms of a linear model.
 
-On CPU with numba this is one fused loop (``widedeep.kernels.gather_fields_``) with its own
-backward pass; elsewhere (CUDA, an export being traced, no numba) the same result comes
-from torch ops, which is also what an exported graph records.
+On CPU with numba this is one fused loop (``widedeep.kernels.gather_fields_``, and
+``sum_fields_`` for a linear model's one-column table) with its own backward pass; elsewhere
+(CUDA, an export being traced, no numba) the same result comes from torch ops, which is also
+what an exported graph records.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from torch import Tensor, nn
 from widedeep import kernels
 
 
-class _GatherFields(torch.autograd.Function):
-    """The fused lookup, with the table's gradient as ``nn.Embedding`` gives it: sparse
-    (one row per looked-up id, duplicates not summed) or dense."""
+class _Lookup(torch.autograd.Function):
+    """The fused lookup (``summed``: of a one-column table, each batch row's terms summed),
+    with the table's gradient as ``nn.Embedding`` gives it: sparse (one row per lookup,
+    duplicates not summed) or dense."""
 
     @staticmethod
     def forward(
@@ -29,20 +31,28 @@ class _GatherFields(torch.autograd.Function):
         offsets: Tensor,
         dense: Tensor | None,
         sparse: bool,
+        summed: bool,
+        record: bool,
     ) -> Tensor:
-        out, rows = kernels.gather_fields_(weight, ids, columns, offsets, dense)
+        if summed:
+            out, rows = kernels.sum_fields_(weight, ids, columns, offsets, record)
+        else:
+            out, rows = kernels.gather_fields_(weight, ids, columns, offsets, dense, record)
         ctx.save_for_backward(rows)
-        ctx.table_shape = weight.shape
-        ctx.sparse = sparse
+        ctx.table_shape, ctx.sparse, ctx.summed = weight.shape, sparse, summed
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         (rows,) = ctx.saved_tensors
+        unused: tuple[None, ...] = (None,) * 7
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None
+            return (None, *unused)
         width = ctx.table_shape[1]
-        values = grad[:, : rows.shape[1] * width].reshape(-1, width)
+        if ctx.summed:  # each term's gradient is its row's
+            values = grad.unsqueeze(1).expand(rows.shape).reshape(-1, 1)
+        else:
+            values = grad[:, : rows.shape[1] * width].reshape(-1, width)
         flat = rows.reshape(-1)
         if ctx.sparse:
             table_grad = torch.sparse_coo_tensor(
@@ -50,7 +60,7 @@ class _GatherFields(torch.autograd.Function):
             )
         else:
             table_grad = values.new_zeros(ctx.table_shape).index_add_(0, flat, values)
-        return table_grad, None, None, None, None, None
+        return (table_grad, *unused)
 
 
 def _traced() -> bool:
@@ -58,35 +68,56 @@ def _traced() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
-def gather_fields(
-    table: nn.Embedding, ids: Tensor, columns: Tensor, offsets: Tensor, dense: Tensor | None = None
-) -> Tensor:
-    """``table(ids[:, columns] + offsets)`` flattened to (B, F * D), with ``dense`` (B, K)
-    appended as K more columns when given."""
-    weight = table.weight
-    fused = (
+def _fusable(table: nn.Embedding, ids: Tensor) -> bool:
+    """Whether the fused loops can look ``ids`` up in ``table``."""
+    return (
         not _traced()
-        and kernels.usable(weight)
-        # what the loop does not implement: nn.Embedding's norm cap, padding row, scaling
+        and kernels.usable(table.weight)
+        # what the loops do not implement: nn.Embedding's norm cap, padding row, scaling
         and table.max_norm is None
         and table.padding_idx is None
         and not table.scale_grad_by_freq
         and ids.device.type == "cpu"
         and ids.dtype in (torch.int64, torch.int32)
         and ids.is_contiguous()
-        and (
-            dense is None
-            # its gradient is not computed: a dense input that needs one takes torch's ops
-            or (
-                dense.device.type == "cpu"
-                and dense.dtype in (torch.float32, torch.float64)
-                and dense.is_contiguous()
-                and not dense.requires_grad
-            )
+    )
+
+
+def _records(table: nn.Embedding) -> bool:
+    """Whether a lookup must record the rows it reads: only for a backward pass to come
+    (``Function.forward`` itself runs with gradients off, so this is asked before)."""
+    return torch.is_grad_enabled() and table.weight.requires_grad
+
+
+def gather_fields(
+    table: nn.Embedding, ids: Tensor, columns: Tensor, offsets: Tensor, dense: Tensor | None = None
+) -> Tensor:
+    """``table(ids[:, columns] + offsets)`` flattened to (B, F * D), with ``dense`` (B, K)
+    appended as K more columns when given."""
+    fused = _fusable(table, ids) and (
+        dense is None
+        # its gradient is not computed: a dense input that needs one takes torch's ops
+        or (
+            dense.device.type == "cpu"
+            and dense.dtype in (torch.float32, torch.float64)
+            and dense.is_contiguous()
+            and not dense.requires_grad
         )
     )
     if fused:
-        return _GatherFields.apply(weight, ids, columns, offsets, dense, table.sparse)
+        return _Lookup.apply(
+            table.weight, ids, columns, offsets, dense, table.sparse, False, _records(table)
+        )
     rows = ids.index_select(1, columns) + offsets
     vectors = table(rows).flatten(1)
     return vectors if dense is None else torch.cat([vectors, dense.to(vectors.dtype)], dim=1)
+
+
+def sum_fields(table: nn.Embedding, ids: Tensor, columns: Tensor, offsets: Tensor) -> Tensor:
+    """``gather_fields(table, ids, columns, offsets).sum(dim=1)`` for a one-column table (B,):
+    fused, the terms are summed as they are read, with no (B, F) matrix between. The sums
+    may differ from torch's in the last bit (torch sums in another order)."""
+    if _fusable(table, ids) and table.embedding_dim == 1:
+        record = _records(table)
+        return _Lookup.apply(table.weight, ids, columns, offsets, None, table.sparse, True, record)
+    return gather_fields(table, ids, columns, offsets).sum(dim=1)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from widedeep.features.layout import SparseField
-from widedeep.model.gather import gather_fields
+from widedeep.model.gather import sum_fields
 
 
 def _offsets(fields: Sequence[SparseField], start: int) -> tuple[list[int], int]:
@@ -60,7 +60,7 @@ class Wide(nn.Module):
         chosen = [i for i, name in enumerate(self.single_names) if name in names]
         if chosen:
             columns, offsets = self.single_columns[chosen], self.single_offsets[chosen]
-            logits = logits + gather_fields(self.weight, ids, columns, offsets).sum(dim=1)
+            logits = logits + sum_fields(self.weight, ids, columns, offsets)
         for name, position, offset in zip(
             self.multi_names, self.multi_positions, self.multi_offsets, strict=True
         ):
@@ -72,10 +72,10 @@ class Wide(nn.Module):
 
     def forward(self, ids: Tensor, multi_ids: Sequence[Tensor] = ()) -> Tensor:
         """(B, F) ids and (B, L) multi-valued ids -> (B,) wide logits."""
-        logits = ids.new_zeros(ids.shape[0], dtype=self.weight.weight.dtype)
         if len(self.single_offsets):
-            terms = gather_fields(self.weight, ids, self.single_columns, self.single_offsets)
-            logits = logits + terms.sum(dim=1)  # (B, Fw) weights summed
+            logits = sum_fields(self.weight, ids, self.single_columns, self.single_offsets)
+        else:
+            logits = ids.new_zeros(ids.shape[0], dtype=self.weight.weight.dtype)
         for position, offset in zip(self.multi_positions, self.multi_offsets, strict=True):
             values = multi_ids[position]  # (B, L), 0 = padding
             weights = self.weight(values + offset).squeeze(-1) * (values != 0)
