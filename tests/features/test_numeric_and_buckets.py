@@ -202,3 +202,32 @@ def test_quantile_boundaries_ignore_missing_values() -> None:
 
     assert pre.state_ is not None
     assert pre.state_["age_b"]["boundaries"] == [2.5]
+
+
+@pytest.mark.parametrize("layout", ["sliced", "two chunks"])
+@pytest.mark.parametrize("dtype", [pl.Float64, pl.Float32, pl.Int64, pl.UInt8])
+def test_a_large_column_with_missing_values_encodes_each_row_as_a_small_table_does(
+    dtype: pl.DataType, layout: str
+) -> None:
+    """Large columns with nulls are read from their Arrow buffers, a served request's few
+    rows value by value: both give every row the same number, and the fill where missing."""
+    values = [None if i % 7 == 0 else i % 200 for i in range(10_000)]
+    column = pl.Series("x", values).cast(dtype)
+    if layout == "sliced":  # its buffers start at an offset
+        column = column.slice(3)
+    else:
+        column = pl.concat([column.slice(0, 6_000), column.slice(6_000)], rechunk=False)
+    schema = FeatureSchema.from_dict(
+        {"features": [{"name": "x", "kind": "numeric", "transform": "log1p", "fill": "zero"}]}
+    )
+    pre = Preprocessor(schema).fit(pl.DataFrame({"x": column}))
+
+    encoded = pre.transform(pl.DataFrame({"x": column})).dense[:, 0]
+
+    rows = range(0, len(column), 97)
+    one_by_one = [pre.transform(pl.DataFrame({"x": column.slice(i, 1)})).dense[0, 0] for i in rows]
+    assert encoded[list(rows)].tolist() == one_by_one
+    missing = column.is_null().to_numpy()
+    assert missing.sum() > 1_000 and (encoded[missing] == 0.0).all()
+    want = np.log1p(column.fill_null(0).cast(pl.Float64).to_numpy()).astype(np.float32)
+    assert np.array_equal(encoded, want)

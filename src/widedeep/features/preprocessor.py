@@ -550,6 +550,26 @@ def _strings(frame: pl.DataFrame, feature: Feature, where: str) -> pl.Series:
     )
 
 
+# From this many rows, a numeric column with nulls is read from its Arrow buffers: polars'
+# to_numpy fills the nulls value by value (7.2 ms against 1.7 ms for 1M float64 values), but
+# costs ~15 us less per column on the few rows of a served request.
+_BUFFER_READ_ROWS = 4096
+
+
+def _with_nan_for_nulls(series: pl.Series) -> FloatArray:
+    """An integer or float column as float64, NaN where it is null."""
+    if len(series) < _BUFFER_READ_ROWS or not series.null_count():
+        return np.asarray(series.to_numpy(), dtype=np.float64)
+    array = series.to_arrow()
+    validity, data = array.buffers()[:2]
+    assert validity is not None and data is not None  # a numeric array with nulls has both
+    end = array.offset + len(array)
+    values = np.frombuffer(data, dtype=array.type.to_pandas_dtype(), count=end)
+    bits = np.frombuffer(validity, dtype=np.uint8)
+    valid = np.unpackbits(bits, count=end, bitorder="little").view(np.bool_)
+    return np.where(valid[array.offset :], values[array.offset :], np.float64("nan"))
+
+
 def _numbers(frame: pl.DataFrame, column: str, where: str, feature_name: str) -> FloatArray:
     """The column as float64 with NaN for missing; text that is not a number is an error."""
     series = frame.get_column(column)
@@ -571,7 +591,7 @@ def _numbers(frame: pl.DataFrame, column: str, where: str, feature_name: str) ->
     if dtype.is_float() or dtype.is_integer():
         # No polars expression: to_numpy gives NaN for nulls (ints with nulls as float64),
         # and a small request's table is not charged an expression's fixed cost per column.
-        values = np.asarray(series.to_numpy(), dtype=np.float64)
+        values = _with_nan_for_nulls(series)
     else:
         values = series.cast(pl.Float64).fill_null(float("nan")).to_numpy()
         values = np.asarray(values, dtype=np.float64)
