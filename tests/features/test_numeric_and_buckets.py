@@ -205,7 +205,7 @@ def test_quantile_boundaries_ignore_missing_values() -> None:
 
 
 @pytest.mark.parametrize("layout", ["sliced", "two chunks"])
-@pytest.mark.parametrize("dtype", [pl.Float64, pl.Float32, pl.Int64, pl.UInt8])
+@pytest.mark.parametrize("dtype", [pl.Float64, pl.Float32, pl.Int64, pl.UInt8, pl.Int128])
 def test_a_large_column_with_missing_values_encodes_each_row_as_a_small_table_does(
     dtype: pl.DataType, layout: str
 ) -> None:

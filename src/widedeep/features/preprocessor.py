@@ -561,12 +561,8 @@ _FIXED_WIDTH_NUMBERS = frozenset(
 
 
 def _with_nan_for_nulls(series: pl.Series) -> FloatArray:
-    """An integer or float column as float64, NaN where it is null."""
-    if (
-        len(series) < _BUFFER_READ_ROWS
-        or series.dtype not in _FIXED_WIDTH_NUMBERS
-        or not series.null_count()
-    ):
+    """A column of one of ``_FIXED_WIDTH_NUMBERS`` as float64, NaN where it is null."""
+    if len(series) < _BUFFER_READ_ROWS or not series.null_count():
         return np.asarray(series.to_numpy(), dtype=np.float64)
     array = series.to_arrow()
     validity, data = array.buffers()[:2]
@@ -596,7 +592,7 @@ def _numbers(frame: pl.DataFrame, column: str, where: str, feature_name: str) ->
         raise SchemaError(
             f"Column '{column}' of {where}: feature '{feature_name}' expects numbers, got {dtype}"
         )
-    if dtype.is_float() or dtype.is_integer():
+    if dtype in _FIXED_WIDTH_NUMBERS:
         # No polars expression: to_numpy gives NaN for nulls (ints with nulls as float64),
         # and a small request's table is not charged an expression's fixed cost per column.
         values = _with_nan_for_nulls(series)
