@@ -56,6 +56,8 @@ def criteo_config(args: argparse.Namespace, train: str, test: str) -> RunConfig:
     data: dict[str, Any] = {"train": train, "validation": test, "test": test}
     if getattr(args, "stream_buffer", 0):
         data["stream"] = {"shuffle_buffer": args.stream_buffer}
+    elif getattr(args, "keep_encoded", False):
+        data["stream"] = {"keep_encoded": True}
     return RunConfig.from_dict(
         {
             "data": data,
@@ -198,6 +200,11 @@ def main() -> None:
         type=int,
         default=0,
         help="stream the training Parquet from disk with a shuffle buffer of N rows (0: load it)",
+    )
+    parser.add_argument(
+        "--keep-encoded",
+        action="store_true",
+        help="read the training Parquet in chunks and hold it encoded (data.stream.keep_encoded)",
     )
     parser.add_argument("--output", required=True)
     args = parser.parse_args()

@@ -36,10 +36,14 @@ class StreamConfig(Record):
 
     ``shuffle_buffer``: rows held for shuffling (batches are drawn at random from it as
     chunks of ``chunk_rows`` rows stream in); the row groups are read in a seeded order.
+    ``keep_encoded``: read the table twice (once to fit, once to encode chunk by chunk) and
+    train from the encoded table in memory, as without ``stream``: for data whose encoding
+    fits in memory but whose raw table, held whole beside it, would not.
     """
 
     shuffle_buffer: Annotated[int, Field(ge=1)] = 262_144
     chunk_rows: Annotated[int, Field(ge=1)] = 65_536
+    keep_encoded: bool = False
 
 
 class DataConfig(Record):

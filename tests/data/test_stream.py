@@ -20,6 +20,7 @@ from widedeep.data.stream import (
     ShuffleBuffer,
     StreamedTable,
     cut_batches,
+    encode_stream,
     fit_stream,
     parquet_files,
     prefetch,
@@ -108,6 +109,19 @@ def test_one_streaming_pass_fits_what_fitting_the_whole_table_fits(tmp_path: Pat
     assert streamed.state_ is not None and whole.state_ is not None
     assert_same_state(streamed.state_, whole.state_)
     assert len(whole.state_["item"]["vocabulary"]) == 5
+
+
+def test_a_stream_encoded_chunk_by_chunk_is_the_whole_table_encoded(tmp_path: Path) -> None:
+    frame = table_with_gaps()
+    stream = ParquetStream(write_dataset(frame, tmp_path), columns(), chunk_rows=64)
+    preprocessor = fit_stream(Preprocessor(SCHEMA), stream)
+    kept = encode_stream(preprocessor, stream)  # 3 files x 5 row groups, in 64-row chunks
+    whole = TensorTable.from_encoded(preprocessor.transform(frame, with_labels=True))
+    assert len(kept) == ROWS
+    assert torch.equal(kept.ids, whole.ids) and torch.equal(kept.dense, whole.dense)
+    assert all(torch.equal(a, b) for a, b in zip(kept.multi_ids, whole.multi_ids, strict=True))
+    assert kept.labels is not None and whole.labels is not None
+    assert torch.equal(kept.labels, whole.labels)
 
 
 def test_quantiles_of_a_long_stream_come_from_a_bounded_sample(

@@ -199,6 +199,36 @@ def test_same_seed_gives_identical_weights_and_history(
     assert other.history[0]["train_loss"] != first.history[0]["train_loss"]
 
 
+def test_a_stream_kept_encoded_trains_the_run_of_the_table_read_whole(
+    base: dict[str, Any], tables: tuple[Path, Path], tmp_path: Path, no_plots: None
+) -> None:
+    """``data.stream.keep_encoded``: the training table is read in chunks (never whole),
+    fitted and encoded chunk by chunk, then trained from memory as a table read whole is."""
+    held_out = f"data.validation={tables[1]}"
+    whole = run(base, tmp_path / "whole", held_out, "train.epochs=2")
+    kept = run(
+        base,
+        tmp_path / "kept",
+        held_out,
+        "train.epochs=2",
+        "data.stream={chunk_rows: 97, keep_encoded: true}",
+    )
+    # The same state, up to the last bits of a mean merged chunk by chunk ...
+    assert whole.preprocessor is not None and kept.preprocessor is not None
+    fitted, merged = whole.preprocessor.state_, kept.preprocessor.state_
+    assert fitted is not None and merged is not None
+    assert fitted["user"] == merged["user"] and fitted["item"] == merged["item"]
+    assert fitted["price"] == pytest.approx(merged["price"], rel=1e-12)
+    # ... so the same model, up to those bits' effect on the standardized prices
+    assert whole.model is not None and kept.model is not None
+    for name, value in whole.model.state_dict().items():
+        torch.testing.assert_close(kept.model.state_dict()[name], value, rtol=0, atol=1e-5)
+    assert [row["train_loss"] for row in kept.history] == pytest.approx(
+        [row["train_loss"] for row in whole.history], abs=1e-6
+    )
+    assert kept.test_metrics == pytest.approx(whole.test_metrics, abs=1e-5)
+
+
 # ------------------------------------------------------------------------- early stopping
 
 

@@ -145,6 +145,22 @@ def fit_stream(preprocessor: Preprocessor, stream: ParquetStream) -> Preprocesso
     return preprocessor.fit_chunks(prefetch(stream.chunks()), stream.spec)
 
 
+def encode_stream(preprocessor: Preprocessor, stream: ParquetStream) -> TensorTable:
+    """Every row of ``stream`` encoded by the fitted ``preprocessor`` (labels included), in
+    file and row order: one table, written chunk by chunk, so memory never holds the raw
+    table whole (``data.stream.keep_encoded``)."""
+    table: TensorTable | None = None
+    at = 0
+    for chunk in prefetch(stream.chunks()):
+        encoded = TensorTable.from_encoded(preprocessor.transform_chunk(chunk, with_labels=True))
+        if table is None:
+            table = TensorTable.empty_like(encoded, stream.rows)
+        table.write(slice(at, at + len(encoded)), encoded)
+        at += len(encoded)
+    assert table is not None and at == stream.rows  # a stream has rows (checked when listed)
+    return table
+
+
 class ShuffleBuffer:
     """Rows held back so that batches mix rows from far apart in the stream: each arriving
     row takes the place of a row drawn at random from the buffer, which leaves."""

@@ -36,7 +36,7 @@ from widedeep.bundle import build_model, evaluate_predictions, load_bundle, save
 from widedeep.config import RunConfig
 from widedeep.data.batch import Batch
 from widedeep.data.sources import Splits, load_splits
-from widedeep.data.stream import ParquetStream, StreamedTable, fit_stream
+from widedeep.data.stream import ParquetStream, StreamedTable, encode_stream, fit_stream
 from widedeep.data.tensors import TensorTable
 from widedeep.errors import ConfigError
 from widedeep.features import preprocessor as preprocessing
@@ -223,8 +223,13 @@ def _train(
     if config.data.stream is not None:
         splits = _held_out_splits(config, preprocessor)
         preprocess_start = time.perf_counter()
-        train_table = _streamed_table(config, preprocessor)
-        train_fingerprint = train_table.stream.fingerprint()
+        streamed = _streamed_table(config, preprocessor)
+        if config.data.stream.keep_encoded:  # read once more, held encoded as in memory
+            train_table = encode_stream(preprocessor, streamed.stream)
+            train_fingerprint = table_fingerprint(train_table)
+        else:
+            train_table = streamed
+            train_fingerprint = streamed.stream.fingerprint()
     else:
         splits = load_splits(config.data, label)
         preprocess_start = time.perf_counter()
