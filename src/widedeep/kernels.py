@@ -289,7 +289,9 @@ def _sum_fields(table, ids, columns, offsets, out, rows, record):  # type: ignor
 
 
 # One thread: split over two, lookups were slower in place, in training steps and in scoring
-# (numba's threads wait for the cores torch's threads hold between its operators).
+# (numba's threads wait for the cores torch's threads hold between its operators). The two
+# lookup loops repeat their first lines on purpose: that step as a compiled helper, called
+# per field, made them 2.5x (gather) and 10x (sum) slower.
 _prefetch_fields = _jit(_prefetch_fields)
 _gather_fields = _jit(_gather_fields)
 _sum_fields = _jit(_sum_fields)
