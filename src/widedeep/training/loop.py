@@ -223,13 +223,13 @@ def _train(
     if config.data.stream is not None:
         splits = _held_out_splits(config, preprocessor)
         preprocess_start = time.perf_counter()
-        streamed = _streamed_table(config, preprocessor)
+        stream = _fitted_stream(config, preprocessor)
         if config.data.stream.keep_encoded:  # read once more, held encoded as in memory
-            train_table = encode_stream(preprocessor, streamed.stream)
+            train_table = encode_stream(preprocessor, stream)
             train_fingerprint = table_fingerprint(train_table)
         else:
-            train_table = streamed
-            train_fingerprint = streamed.stream.fingerprint()
+            train_table = StreamedTable(stream, preprocessor, config.data.stream)
+            train_fingerprint = stream.fingerprint()
     else:
         splits = load_splits(config.data, label)
         preprocess_start = time.perf_counter()
@@ -436,20 +436,20 @@ def train_ablation(config: RunConfig, output_dir: str | Path) -> dict[str, Train
     return results
 
 
-def _streamed_table(config: RunConfig, preprocessor: Preprocessor) -> StreamedTable:
-    """The training table of ``data.stream``: ``preprocessor`` fitted in one pass over it
-    (under torchrun by rank 0 alone, its fitted state then sent to the other ranks)."""
+def _fitted_stream(config: RunConfig, preprocessor: Preprocessor) -> ParquetStream:
+    """The training table of ``data.stream``, with ``preprocessor`` fitted in one pass over
+    it (under torchrun by rank 0 alone, its fitted state then sent to the other ranks)."""
     data, schema = config.data, config.feature_schema
     assert data.stream is not None and data.train is not None and schema.label is not None
     columns = [*schema.input_columns, schema.label.column]
     stream = ParquetStream(data.train, columns, data.stream.chunk_rows)
-    log.info("%s: streaming %d rows in %d row groups", data.train, stream.rows, len(stream.pieces))
+    log.info("%s: reading %d rows in %d row groups", data.train, stream.rows, len(stream.pieces))
     if distributed.is_main():
         fit_stream(preprocessor, stream)
     if distributed.is_distributed():  # one rank reads the table to fit; the others take its fit
         fitted = json.dumps(preprocessor.to_dict()) if distributed.is_main() else None
         preprocessor.state_ = json.loads(distributed.broadcast_text(fitted))["state"]
-    return StreamedTable(stream, preprocessor, data.stream)
+    return stream
 
 
 def _held_out_splits(config: RunConfig, preprocessor: Preprocessor) -> Splits:
