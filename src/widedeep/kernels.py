@@ -81,9 +81,6 @@ def _scalar_type(tensor: Tensor) -> type[np.floating[Any]]:
     return np.float32 if tensor.dtype == torch.float32 else np.float64
 
 
-_jit = compiled
-
-
 # numba's fallback thread pool ("workqueue") must not be entered from two threads at once.
 _POOL = threading.Lock()
 
@@ -100,7 +97,7 @@ class _Threaded:
         # compilations must not read each other's machine code.
         alone = types_module.FunctionType(function.__code__, function.__globals__)
         alone.__qualname__ = f"{function.__qualname__}_one_thread"
-        self.one_thread = _jit(alone)
+        self.one_thread = compiled(alone)
         self.threaded = (
             njit(nogil=True, cache=True, parallel=True)(function) if njit is not None else function
         )
@@ -119,7 +116,7 @@ class _Threaded:
                 set_num_threads(before)
 
 
-@_jit
+@compiled
 def _sum_rows(ids, values, slot, rows, sums):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Distinct ``ids`` into ``rows`` and their summed ``values`` into ``sums``; returns
     how many, or -1 if an id is outside the table. ``slot`` is -1 everywhere on entry and
@@ -158,7 +155,7 @@ def _sum_rows(ids, values, slot, rows, sums):  # type: ignore[no-untyped-def]  #
     return count
 
 
-@_jit
+@compiled
 def _fetch_ahead(rows, k, first, second, third):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Prefetch the row that the update of ``rows[k]`` will be followed by, AHEAD later,
     in the weights and the optimizer's state tensors."""
@@ -292,9 +289,9 @@ def _sum_fields(table, ids, columns, offsets, out, rows, record):  # type: ignor
 # (numba's threads wait for the cores torch's threads hold between its operators). The two
 # lookup loops repeat their first lines on purpose: that step as a compiled helper, called
 # per field, made them 2.5x (gather) and 10x (sum) slower.
-_prefetch_fields = _jit(_prefetch_fields)
-_gather_fields = _jit(_gather_fields)
-_sum_fields = _jit(_sum_fields)
+_prefetch_fields = compiled(_prefetch_fields)
+_gather_fields = compiled(_gather_fields)
+_sum_fields = compiled(_sum_fields)
 
 
 def _check_lookup(ids: Tensor, columns: Tensor) -> None:
@@ -373,7 +370,7 @@ def sum_fields_(
     return sums, rows
 
 
-@_jit
+@compiled
 def _column_ranges(ids, lows, highs):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Each column's smallest and largest value, in one pass over the rows."""
     for j in range(ids.shape[1]):

@@ -27,7 +27,6 @@ if AVAILABLE:
     from widedeep.jit import load_word as _word
 
 ENABLED = AVAILABLE
-_jit = compiled
 
 
 _SHORT = 12  # strings up to this many bytes sit inside their 16-byte view
@@ -35,7 +34,7 @@ _SPREAD = np.uint64(0x9E3779B97F4A7C15)  # an odd constant: times it, a word's b
 _FIRST_CAPACITY = 1024  # slots of a new table (a power of two); it doubles when half full
 
 
-@_jit
+@compiled
 def _mix(value):  # type: ignore[no-untyped-def]  # pragma: no cover
     """SplitMix64's finalizer (uint64 in, int64 out: numba turns uint64 mixed with int64
     into float64, so the tables hold int64)."""
@@ -47,7 +46,7 @@ def _mix(value):  # type: ignore[no-untyped-def]  # pragma: no cover
     return np.int64(value)
 
 
-@_jit
+@compiled
 def _low_bytes(word, count):  # type: ignore[no-untyped-def]  # pragma: no cover
     """The first ``count`` (0..8) bytes of a little-endian word, the rest zero."""
     if count >= 8:
@@ -57,7 +56,7 @@ def _low_bytes(word, count):  # type: ignore[no-untyped-def]  # pragma: no cover
     return word & ((np.uint64(1) << np.uint64(8 * count)) - np.uint64(1))
 
 
-@_jit
+@compiled
 def _key(views, row):  # type: ignore[no-untyped-def]  # pragma: no cover
     """A view's length and two words: for a short string its bytes (length and first 4
     bytes, then bytes 4-11, unused bytes zeroed); for a long one its length and first 4
@@ -69,7 +68,7 @@ def _key(views, row):  # type: ignore[no-untyped-def]  # pragma: no cover
     return length, first, second
 
 
-@_jit
+@compiled
 def _same_bytes(data, start, other, other_start, length):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Whether ``length`` (> 8) bytes agree, 8 at a time (the last word may overlap)."""
     for j in range(0, length - 8, 8):
@@ -78,7 +77,7 @@ def _same_bytes(data, start, other, other_start, length):  # type: ignore[no-unt
     return _word(data, start + length - 8) == _word(other, other_start + length - 8)
 
 
-@_jit
+@compiled
 def _hash(length, first, second, data, start):  # type: ignore[no-untyped-def]  # pragma: no cover
     """A string's hash: of its key words (``_key``) when short, of its bytes when long."""
     if length <= _SHORT:
@@ -86,7 +85,7 @@ def _hash(length, first, second, data, start):  # type: ignore[no-untyped-def]  
     return _hash_bytes(data, start, length)
 
 
-@_jit
+@compiled
 def _hash_bytes(data, start, length):  # type: ignore[no-untyped-def]  # pragma: no cover
     value = np.uint64(length)
     for j in range(0, length - 8, 8):
@@ -94,7 +93,7 @@ def _hash_bytes(data, start, length):  # type: ignore[no-untyped-def]  # pragma:
     return _mix(value ^ _word(data, start + length - 8))
 
 
-@_jit
+@compiled
 def _same(seen, seen_offsets, seen_data, code, length, first, second, data, start):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Whether value ``code`` of a table holds the string with these key words (``_key``)
     and bytes, its hash having matched: short strings compare their words, long ones
@@ -106,13 +105,13 @@ def _same(seen, seen_offsets, seen_data, code, length, first, second, data, star
     return _same_bytes(data, start, seen_data, seen_offsets[code], length)
 
 
-@_jit
+@compiled
 def _long_start(second, bases):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Where a long string's bytes start in the joined data buffers."""
     return bases[np.int64(second & np.uint64(0xFFFFFFFF))] + np.int64(second >> np.uint64(32))
 
 
-@_jit
+@compiled
 def _add(table, seen, hash_value, slot, code):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Put ``code`` in ``slot``; when the table is then half full, return one twice the
     size holding every code so far (their hashes are ``seen[:, 0]``)."""
@@ -131,7 +130,7 @@ def _add(table, seen, hash_value, slot, code):  # type: ignore[no-untyped-def]  
     return bigger
 
 
-@_jit
+@compiled
 def _distinct(  # type: ignore[no-untyped-def]  # pragma: no cover
     views,
     view_bytes,
@@ -192,7 +191,7 @@ def _distinct(  # type: ignore[no-untyped-def]  # pragma: no cover
     return found, table, seen_data
 
 
-@_jit
+@compiled
 def _positions(  # type: ignore[no-untyped-def]  # pragma: no cover
     views, data, bases, valid, table, seen, seen_offsets, seen_data, out
 ):
