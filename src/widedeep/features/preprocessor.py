@@ -648,7 +648,8 @@ class FeatureStats:
 
     counts: value -> count tables, merged lazily (vocabularies); longest: longest list
     (multi-valued); rows / missing: numbers read / missing; mean, m2: mean and summed
-    squared deviation of the observed numbers (merged as Chan et al.'s parallel variance);
+    squared deviation of the observed numbers (merged as Chan et al.'s parallel variance;
+    computed only for a feature that uses them, else 0);
     keys, sample: a bottom-k sample of the observed numbers for medians and quantiles: each
     value has a pseudo-random key (a hash of its row's number and table) and the
     ``QUANTILE_SAMPLE`` smallest keys are kept. It is every observed value up to that many,
@@ -869,7 +870,7 @@ def _vocabulary(
     )
     if feature.max_size is not None:
         counts = counts.head(feature.max_size)
-    vocabulary = [str(v) for v in counts.get_column("value").to_list()]
+    vocabulary: list[str] = counts.get_column("value").cast(pl.String).to_list()
     if codes is not None:
         codes.remember(vocabulary, counts.get_column("code").to_numpy().astype(np.int64))
     return vocabulary
@@ -908,21 +909,27 @@ def _feature_stats(
                 _raise_missing(feature, values, where)
             if feature.transform == "log1p":
                 _check_log1p(feature, values, where)  # NaN <= -1 is false: missing pass
+        stats = FeatureStats(rows=len(values), missing=int(np.count_nonzero(missing)))
+        if not (_needs_moments(feature) or _needs_sample(feature)):
+            return stats  # five passes over the column saved (log1p with a constant fill)
         observed = values[~missing]  # a copy, so no view keeps the chunk alive
-        mean = float(observed.mean()) if observed.size else 0.0
-        squares = observed - mean
-        np.square(squares, out=squares)  # in place: a table's worth of memory less to touch
-        stats = FeatureStats(
-            rows=len(values),
-            missing=len(values) - len(observed),
-            mean=mean,
-            m2=float(squares.sum()),
-        )
+        if _needs_moments(feature) and observed.size:
+            stats.mean = float(observed.mean())
+            squares = observed - stats.mean
+            np.square(squares, out=squares)  # in place: a table's worth less memory to touch
+            stats.m2 = float(squares.sum())
         if _needs_sample(feature):
             keys, sample = _smallest(_sample_keys(where, offset, len(values))[~missing], observed)
             stats.keys, stats.sample = [keys], [sample]
         return stats
     return FeatureStats()  # crosses hash their components; nothing to learn
+
+
+def _needs_moments(feature: NumericFeature | BucketizedFeature) -> bool:
+    """Whether fitting takes the observed values' mean and variance."""
+    return isinstance(feature, NumericFeature) and (
+        feature.fill == "mean" or feature.transform == "standardize"
+    )
 
 
 def _needs_sample(feature: NumericFeature | BucketizedFeature) -> bool:
