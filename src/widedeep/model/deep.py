@@ -26,10 +26,20 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 DropoutPlacement = Literal["each", "last"]
 
 
-def activation_layer(name: str) -> nn.Module:
-    """A fresh activation module by name (a fixed table; no getattr on user strings)."""
+# Activations that may overwrite their input, where it is a layer's fresh output: their
+# gradients need only their result. In place, the MLP allocates and writes one tensor less
+# per layer (the forward pass of [256, 128] on 4096-row batches: 299 -> 275 ms per 49
+# batches at best, 465 -> 273 ms when the allocator hands out fresh pages).
+_IN_PLACE = frozenset({"relu", "leaky_relu"})
+
+
+def activation_layer(name: str, inplace: bool = False) -> nn.Module:
+    """A fresh activation module by name (a fixed table; no getattr on user strings);
+    ``inplace``: overwriting its input, where the activation allows it."""
     if name not in ACTIVATIONS:
         raise ConfigError(f"unknown activation '{name}'; expected one of {sorted(ACTIVATIONS)}")
+    if inplace and name in _IN_PLACE:
+        return ACTIVATIONS[name](inplace=True)
     return ACTIVATIONS[name]()
 
 
@@ -52,7 +62,7 @@ class MLP(nn.Module):
             layers.append(nn.Linear(width, units))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(units))
-            layers.append(activation_layer(activation))
+            layers.append(activation_layer(activation, inplace=True))  # on a fresh output
             is_last = i == len(hidden_units) - 1
             if dropout > 0 and (dropout_placement == "each" or is_last):
                 layers.append(nn.Dropout(dropout))
@@ -239,11 +249,13 @@ class Deep(nn.Module):
     def finish(self, pre: Tensor) -> Tensor:
         """(B, H) summed shares of every field -> (B,) deep logit."""
         first = self.first_layer
-        x = pre + first.bias if first.bias is not None else pre
+        # a new tensor either way: the activation after the first layer may work in place
+        x = pre + first.bias if first.bias is not None else pre.clone()
         return self._after_first_layer(x)
 
     def _after_first_layer(self, x: Tensor) -> Tensor:
-        """(B, H) first-layer outputs, bias included -> (B,) deep logit."""
+        """(B, H) first-layer outputs, bias included -> (B,) deep logit (``x`` is
+        overwritten where the activation works in place)."""
         if self.first_layer is self.head:
             return x.squeeze(-1)
         return self._output(self.mlp.layers[1:](x))
