@@ -151,6 +151,8 @@ def test_run_directory_holds_bundle_metrics_config_and_plots(
     assert metrics["validation"] == result.validation_metrics
     assert metrics["test"] == result.test_metrics
     assert metrics["rows"] == {"train": 1920, "validation": 480, "test": 800}
+    # fitting and encoding, and apart from it hashing the encoded table for the checkpoints
+    assert metrics["preprocess_seconds"] > 0 and metrics["fingerprint_seconds"] >= 0
 
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     trained_with = RunConfig.from_dict(
