@@ -19,11 +19,12 @@ from torch import nn
 
 
 def mlp(input_dim: int, hidden: Sequence[int]) -> nn.Sequential:
-    """Linear+ReLU layers and a 1-unit head, as in the W&D deep part."""
+    """Linear+ReLU layers and a 1-unit head, as in the W&D deep part (whose ReLU works in
+    place, as here: the limit must do no more work than the MLP it bounds)."""
     layers: list[nn.Module] = []
     width = input_dim
     for units in hidden:
-        layers += [nn.Linear(width, units), nn.ReLU()]
+        layers += [nn.Linear(width, units), nn.ReLU(inplace=True)]
         width = units
     layers.append(nn.Linear(width, 1))
     return nn.Sequential(*layers)

@@ -167,6 +167,18 @@ def test_parts_sum_to_the_logits_and_the_logits_give_the_probabilities() -> None
     assert torch.equal(torch.sigmoid(model.logits(ids)), model(ids))
 
 
+def test_shares_of_every_field_finish_as_the_logits_and_are_left_as_they_were() -> None:
+    # the deep part's ReLU works in place: finish must not overwrite the shares it is given
+    model = notebook_model().eval()
+    randomize_wide(model)
+    ids = random_ids(20)
+    wide, deep = model.partial(Batch(ids=ids), [f.name for f in model.layout.single])
+    assert deep is not None
+    kept = deep.clone()
+    torch.testing.assert_close(model.finish(wide, deep), model.logits(ids))
+    assert torch.equal(deep, kept)
+
+
 def test_combine_mean_halves_each_part() -> None:
     summed = notebook_model(combine="sum").eval()
     randomize_wide(summed)
