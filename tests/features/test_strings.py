@@ -123,9 +123,10 @@ def test_a_value_with_the_same_hash_but_other_bytes_is_not_found(word: str) -> N
     slot) but holds other bytes: the query must still be absent."""
     query = word[:-1] + "!"
     probe = strings.StringIndex(pa.array([query]))
-    (slot,) = np.flatnonzero(probe._values.table[:, 1])
+    (slot,) = np.flatnonzero(probe._values.table)
     index = strings.StringIndex(pa.array([word]))
-    table = index._values.table
-    table[:] = 0
-    table[slot] = (probe._values.table[slot, 0], 1)  # `word` (position 0) under query's hash
+    found = index._values
+    found.table[:] = 0
+    found.table[slot] = 1  # `word` (number 0) in the query's first slot
+    found.seen[0, 0] = probe._values.seen[0, 0]  # under the query's hash
     assert index.positions(pl.Series([query])).tolist() == [-1]

@@ -37,7 +37,7 @@ _FIRST_CAPACITY = 1024  # slots of a new table (a power of two); it doubles when
 @compiled
 def _mix(value):  # type: ignore[no-untyped-def]  # pragma: no cover
     """SplitMix64's finalizer (uint64 in, int64 out: numba turns uint64 mixed with int64
-    into float64, so the tables hold int64)."""
+    into float64, so the hashes are kept as int64)."""
     value ^= value >> np.uint64(30)
     value *= np.uint64(0xBF58476D1CE4E5B9)
     value ^= value >> np.uint64(27)
@@ -141,7 +141,7 @@ def _number_rows(  # type: ignore[no-untyped-def]  # pragma: no cover
         hash_value = _hash(length, first, second, data, start)
         slot = (hash_value ^ (hash_value >> 32)) & mask
         while True:
-            code = table[slot, 1] - 1
+            code = np.int64(table[slot]) - 1
             if code < 0:  # an empty slot: a new value
                 end = seen_offsets[found]
                 if 2 * (found + 1) > table.shape[0] or end + length > seen_data.shape[0]:
@@ -154,12 +154,11 @@ def _number_rows(  # type: ignore[no-untyped-def]  # pragma: no cover
                 for j in range(length):
                     seen_data[end + j] = source[at + j]
                 seen_offsets[code + 1] = end + length
-                table[slot, 0] = hash_value
-                table[slot, 1] = code + 1
+                table[slot] = code + 1
                 counts[code] = 0
                 found += 1
                 break
-            if table[slot, 0] == hash_value and _same(
+            if seen[code, 0] == hash_value and _same(
                 seen, seen_offsets, seen_data, code, length, first, second, data, start
             ):
                 break
@@ -173,14 +172,13 @@ def _number_rows(  # type: ignore[no-untyped-def]  # pragma: no cover
 def _grown(table, seen, found):  # type: ignore[no-untyped-def]  # pragma: no cover
     """A table twice the size holding the ``found`` codes so far (their hashes are
     ``seen[:, 0]``)."""
-    bigger = np.zeros((2 * table.shape[0], 2), dtype=np.int64)
+    bigger = np.zeros(2 * table.shape[0], dtype=np.int32)
     mask = bigger.shape[0] - 1
     for known in range(found):
         probe = (seen[known, 0] ^ (seen[known, 0] >> 32)) & mask
-        while bigger[probe, 1] != 0:
+        while bigger[probe] != 0:
             probe = (probe + 1) & mask
-        bigger[probe, 0] = seen[known, 0]
-        bigger[probe, 1] = known + 1
+        bigger[probe] = known + 1
     return bigger
 
 
@@ -247,9 +245,9 @@ def _positions(  # type: ignore[no-untyped-def]  # pragma: no cover
         start = _long_start(second, bases) if length > _SHORT else 0
         hash_value = _hash(length, first, second, data, start)
         slot = (hash_value ^ (hash_value >> 32)) & mask
-        while table[slot, 1] != 0:
-            code = table[slot, 1] - 1
-            if table[slot, 0] == hash_value and _same(
+        while table[slot] != 0:
+            code = np.int64(table[slot]) - 1
+            if seen[code, 0] == hash_value and _same(
                 seen, seen_offsets, seen_data, code, length, first, second, data, start
             ):
                 out[row] = code
@@ -303,8 +301,11 @@ class _Values:
     """Distinct strings numbered in order of first appearance, with a table to find them."""
 
     def __init__(self, capacity_rows: int, capacity_bytes: int) -> None:
-        capacity = _FIRST_CAPACITY
-        self.table = np.zeros((capacity, 2), dtype=np.int64)
+        # A slot holds a value's number + 1 (0: empty); the hash it is checked against
+        # and the key words sit in ``seen``. 4-byte slots keep the table 4x smaller than
+        # (hash, number) pairs: the benchmark's 26 columns took 0.345 against 0.376 s
+        # (medians of 7, alternating), and a 10M-value column's table is 134 MB, not 537.
+        self.table = np.zeros(_FIRST_CAPACITY, dtype=np.int32)
         self.found = 0
         # pages past what is found are never touched, so these cost what they hold
         self.seen = np.empty((capacity_rows, 3), dtype=np.int64)
