@@ -28,8 +28,8 @@ DropoutPlacement = Literal["each", "last"]
 
 # Activations that may overwrite their input, where it is a layer's fresh output: their
 # gradients need only their result. In place, the MLP allocates and writes one tensor less
-# per layer (the forward pass of [256, 128] on 4096-row batches: 299 -> 275 ms per 49
-# batches at best, 465 -> 273 ms when the allocator hands out fresh pages).
+# per layer: the forward pass of [256, 128] over 49 batches of 4096 rows took 275 against
+# 299 ms in one run and 273 against 465 ms in another (medians of 9, alternating).
 _IN_PLACE = frozenset({"relu", "leaky_relu"})
 
 
