@@ -910,15 +910,16 @@ def _feature_stats(
             if feature.transform == "log1p":
                 _check_log1p(feature, values, where)  # NaN <= -1 is false: missing pass
         stats = FeatureStats(rows=len(values), missing=int(np.count_nonzero(missing)))
-        if not (_needs_moments(feature) or _needs_sample(feature)):
+        needs_moments, needs_sample = _needs_moments(feature), _needs_sample(feature)
+        if not (needs_moments or needs_sample):
             return stats  # five passes over the column saved (log1p with a constant fill)
         observed = values[~missing]  # a copy, so no view keeps the chunk alive
-        if _needs_moments(feature) and observed.size:
+        if needs_moments and observed.size:
             stats.mean = float(observed.mean())
             squares = observed - stats.mean
             np.square(squares, out=squares)  # in place: a table's worth less memory to touch
             stats.m2 = float(squares.sum())
-        if _needs_sample(feature):
+        if needs_sample:
             keys, sample = _smallest(_sample_keys(where, offset, len(values))[~missing], observed)
             stats.keys, stats.sample = [keys], [sample]
         return stats
