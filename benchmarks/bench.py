@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench.py [--rows 1000000 --test-rows 200000 --epochs 2]
 
-1. makes (or reuses) a synthetic Criteo-shaped data set in bench-scratch/data;
+1. makes (or reuses) a synthetic Criteo-shaped data set in bench-scratch/data (or, with
+   ``--data adult``, writes the bundled UCI Adult census table there, split 80/20);
 2. trains and scores widedeep, and each peer whose virtual environment exists (create them
    with ``benchmarks/peers/setup_envs.py``), each in its own process, ``--repeats`` times;
 3. measures the limits of this machine in the same run: the bare-MLP rate and a matmul
@@ -11,7 +12,8 @@
    benchmarks/RESULTS.md.
 
 Throughputs are medians over repeats of the steady-state epochs (every epoch after the
-first); quality is the last epoch's test AUC and logloss.
+first); quality is the last epoch's test AUC and logloss, and a second table gives them after
+every epoch.
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import torch
 from limits import bare_mlp_rates, matmul_gflops, training_flops_per_sample
+from peers.columns import LABEL, Columns
 
 from widedeep.data.ctr import make_ctr
+from widedeep.data.datasets import load_adult
+from widedeep.data.splits import random_split
 from widedeep.training.loop import resolve_precision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +45,9 @@ SCRATCH = ROOT / "bench-scratch"
 PEERS = {
     "pytorch-widedeep": ("venv-pwd", "run_pytorch_widedeep.py"),
     "DeepCTR-Torch": ("venv-deepctr", "run_deepctr.py"),
+    "TensorFlow/Keras": ("venv-keras", "run_keras.py"),
 }
-NUMERIC_FIELDS, CATEGORICAL_FIELDS = 13, 26
+ADULT_TEST_FRACTION = 0.2
 
 
 def ctr_data(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -49,6 +56,38 @@ def ctr_data(args: argparse.Namespace) -> tuple[Path, Path]:
     if not (folder / "test.parquet").exists():
         make_ctr(folder, rows=args.rows, test_rows=args.test_rows, seed=args.seed)
     return folder / "train.parquet", folder / "test.parquet"
+
+
+def adult_table() -> pl.DataFrame:
+    """The bundled Adult census table as every runner reads a benchmark table: a 0/1
+    ``label`` (income >50K), and column names without hyphens, which some peers reject."""
+    adult = load_adult()
+    return adult.select(
+        (pl.col("income") == ">50K").cast(pl.Int8).alias(LABEL),
+        *[pl.col(name).alias(name.replace("-", "_")) for name in adult.columns if name != "income"],
+    )
+
+
+def adult_data(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The train and test files of the bundled Adult table, a seeded 80/20 split."""
+    folder = SCRATCH / "data" / f"adult-{args.seed}"
+    if not (folder / "test.parquet").exists():
+        train, _, test = random_split(adult_table(), 0.0, ADULT_TEST_FRACTION, seed=args.seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        train.write_parquet(folder / "train.parquet")
+        test.write_parquet(folder / "test.parquet")
+    return folder / "train.parquet", folder / "test.parquet"
+
+
+def describe_data(args: argparse.Namespace, data: tuple[Path, Path]) -> str:
+    """The data set, for the results' header."""
+    if args.data == "adult":
+        rows = [pl.scan_parquet(path).select(pl.len()).collect().item() for path in data]
+        return (
+            f"the bundled UCI Adult census table, {rows[0]:,} train + {rows[1]:,} test rows "
+            f"(a random split with seed {args.seed})"
+        )
+    return f"synthetic Criteo-shaped, {args.rows:,} train + {args.test_rows:,} test rows"
 
 
 def run_library(
@@ -105,7 +144,27 @@ def summarize(name: str, reports: list[dict[str, Any]]) -> dict[str, Any]:
         "rss": statistics.median(r["peak_rss_mb"] for r in reports),
         "auc": last["epochs"][-1]["auc"],
         "logloss": last["epochs"][-1]["logloss"],
+        "epochs": [(epoch["auc"], epoch["logloss"]) for epoch in last["epochs"]],
     }
+
+
+def epochs_table(rows: list[dict[str, Any]]) -> str:
+    """Test AUC / logloss after every epoch, one row per library (its last run: the runs
+    are seeded, so every run of a library gives the same figures up to float rounding)."""
+    epochs = max(len(row["epochs"]) for row in rows)
+    lines = [
+        "| library | " + " | ".join(f"epoch {e + 1}: AUC / logloss" for e in range(epochs)) + " |",
+        "|---|" + "---|" * epochs,
+    ]
+    for row in rows:
+        cells = [f"{auc:.4f} / {logloss:.4f}" for auc, logloss in row["epochs"]]
+        cells += [""] * (epochs - len(cells))
+        lines.append(
+            f"| {row['library']} {row['version']} ({row['precision']}) | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
 
 
 def table(rows: list[dict[str, Any]], limits: dict[str, float]) -> str:
@@ -165,6 +224,12 @@ def table(rows: list[dict[str, Any]], limits: dict[str, float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data",
+        choices=["ctr", "adult"],
+        default="ctr",
+        help="synthetic Criteo-shaped rows (--rows, --test-rows) or the bundled Adult table",
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--test-rows", type=int, default=200_000)
     parser.add_argument("--epochs", type=int, default=2)
@@ -191,7 +256,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    data = ctr_data(args)
+    data = adult_data(args) if args.data == "adult" else ctr_data(args)
     ours = ROOT / "benchmarks" / "run_widedeep.py"
     runs: dict[str, tuple[Path, Path, list[str]]] = {"widedeep": (Path(sys.executable), ours, [])}
     bf16 = resolve_precision(torch.device(args.device), "auto") == "bf16"
@@ -220,7 +285,8 @@ def main() -> None:
         print(f"{name}: {rows[-1]}", flush=True)
 
     hidden = [int(h) for h in args.hidden.split(",")]
-    width = CATEGORICAL_FIELDS * args.embedding_dim + NUMERIC_FIELDS
+    columns = Columns.of_file(data[0])
+    width = len(columns.categorical) * args.embedding_dim + len(columns.numeric)
     bare = bare_mlp_rates(width, hidden, args.batch_size, args.lr, args.device)
     bare_bf16 = (
         bare_mlp_rates(width, hidden, args.batch_size, args.lr, args.device, bf16=True)
@@ -236,7 +302,9 @@ def main() -> None:
         "batch_size": args.batch_size,
         "roofline": gflops * 1e9 / training_flops_per_sample(width, hidden),
     }
-    result = table(rows, limits)
+    result = (
+        table(rows, limits) + "\n\nTest AUC and logloss after each epoch:\n\n" + epochs_table(rows)
+    )
     print(result)
     command = ("python benchmarks/bench.py " + " ".join(sys.argv[1:])).strip()
     machine = (
@@ -249,7 +317,7 @@ def main() -> None:
     args.results.write_text(
         "# Benchmark results\n\n"
         f"Command: `{command}`  \nMachine: {machine}  \nDate: {date}  \n"
-        f"Data: synthetic Criteo-shaped, {args.rows:,} train + {args.test_rows:,} test rows; "
+        f"Data: {describe_data(args, data)}; "
         f"embedding dim {args.embedding_dim}, MLP [{args.hidden}], Adam lr {args.lr}, "
         f"batch {args.batch_size}, {args.threads} threads, {args.epochs} epochs, "
         f"device {args.device}; "

@@ -1,4 +1,4 @@
-"""Train and score widedeep on a Criteo-shaped table; write the benchmark JSON.
+"""Train and score widedeep on a Criteo-shaped (or any labelled) table; write the benchmark JSON.
 
 Same command line and JSON as the peer runners in ``benchmarks/peers/``, so ``bench.py``
 runs every library the same way, each in its own process (peak RSS is per process):
@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 import torch
 from limits import bare_mlp_train_step, mlp
+from peers.columns import LABEL, Columns
 
 import widedeep
 from widedeep.config import RunConfig
@@ -35,14 +36,15 @@ from widedeep.model.widedeep import WideDeep
 from widedeep.training.loop import mixed_precision, resolve_precision, train_step
 from widedeep.training.optimizers import build_optimizers, use_sparse_gradients
 
-NUMERIC = [f"I{i}" for i in range(1, 14)]
-CATEGORICAL = [f"C{i}" for i in range(1, 27)]
-
 
 def criteo_config(args: argparse.Namespace, train: str, test: str) -> RunConfig:
-    """The benchmark's model: every C field in both parts, log1p numerics in the deep part."""
+    """The benchmark's model: every categorical column (Criteo: C1..C26) in both parts, the
+    numeric ones (I1..I13) log1p-transformed in the deep part. The columns are read off the
+    training file (``peers/columns.py``, the rule the peers' runners use too)."""
+    columns = Columns.of_file(train)
     features: list[dict[str, Any]] = [
-        {"name": name, "kind": "numeric", "transform": "log1p", "fill": "zero"} for name in NUMERIC
+        {"name": name, "kind": "numeric", "transform": "log1p", "fill": "zero"}
+        for name in columns.numeric
     ]
     categorical: dict[str, Any] = (
         {"kind": "hashed", "num_buckets": args.hashed_buckets}
@@ -50,7 +52,8 @@ def criteo_config(args: argparse.Namespace, train: str, test: str) -> RunConfig:
         else {"kind": "categorical"}
     )
     features += [
-        {"name": name, **categorical, "embedding_dim": args.embedding_dim} for name in CATEGORICAL
+        {"name": name, **categorical, "embedding_dim": args.embedding_dim}
+        for name in columns.categorical
     ]
     optimizer = {"name": args.optimizer, "lr": args.lr}
     data: dict[str, Any] = {"train": train, "validation": test, "test": test}
@@ -62,10 +65,10 @@ def criteo_config(args: argparse.Namespace, train: str, test: str) -> RunConfig:
         {
             "data": data,
             "schema": {
-                "label": {"column": "label"},
+                "label": {"column": LABEL},
                 "features": features,
-                "wide": CATEGORICAL,
-                "deep": NUMERIC + CATEGORICAL,
+                "wide": columns.categorical,
+                "deep": columns.numeric + columns.categorical,
             },
             "model": {"hidden_units": [int(h) for h in args.hidden.split(",")]},
             "train": {
@@ -143,13 +146,13 @@ INFER_ROUNDS = 5
 
 
 def inference_beside_bare(
-    model: torch.nn.Module, table: TensorTable, args: argparse.Namespace
+    model: WideDeep, table: TensorTable, args: argparse.Namespace
 ) -> tuple[float, float]:
     """Median samples/s of scoring ``table`` and of the bare MLP's forward pass over as many
     random batches of the same size, in alternating rounds: on a machine whose speed drifts,
     the two rates are then measured under the same conditions."""
     hidden = [int(h) for h in args.hidden.split(",")]
-    width = len(CATEGORICAL) * args.embedding_dim + len(NUMERIC)
+    width = model.deep.mlp.layers[0].in_features  # type: ignore[union-attr]
     device = torch.device(args.device)
     bare = mlp(width, hidden).to(device).eval()
     inputs = torch.randn(INFER_BATCH, width, device=device)

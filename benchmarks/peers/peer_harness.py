@@ -1,8 +1,9 @@
-"""What the peer runners share: arguments, the Criteo table, clocks, metrics and the result file.
+"""What the peer runners share: arguments, the data tables, clocks, metrics and the result file.
 
 Each runner runs inside its own peer venv and imports this module from its own folder, so this
-module imports neither widedeep nor a peer library: only numpy, polars, pandas, scikit-learn and
-torch, which every peer venv has. The JSON it writes has one layout for all peers.
+module imports neither widedeep nor a peer library: only numpy, polars, pandas and scikit-learn,
+which every peer venv has, and torch where the venv has it (the Keras peer's has not). The JSON
+it writes has one layout for all peers.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import polars as pl
-import torch
+from columns import LABEL, Columns
 from sklearn.metrics import log_loss, roc_auc_score
 
-LABEL = "label"
-NUMERIC = [f"I{i}" for i in range(1, 14)]
-CATEGORICAL = [f"C{i}" for i in range(1, 27)]
+try:
+    import torch
+except ImportError:  # the TensorFlow/Keras peer's venv
+    torch = None
+
 MISSING_CATEGORY = "-1"  # what DeepCTR-Torch's Criteo example fills missing categories with
 INFER_REPEATS = 3
 
@@ -69,8 +72,8 @@ def parse_hidden(text: str) -> tuple[int, ...]:
 def build_parser(description: str) -> argparse.ArgumentParser:
     """The arguments every runner takes; a runner may add its own."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--train", type=Path, required=True, help="Criteo-shaped Parquet file")
-    parser.add_argument("--test", type=Path, required=True, help="Criteo-shaped Parquet file")
+    parser.add_argument("--train", type=Path, required=True, help="Parquet file with a label")
+    parser.add_argument("--test", type=Path, required=True, help="Parquet file, same columns")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--embedding-dim", type=int, default=16)
@@ -103,24 +106,24 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def configure_torch(settings: Settings) -> None:
-    """Threads and seeds, set before any model is built."""
-    torch.set_num_threads(settings.threads)
-    torch.manual_seed(settings.seed)
+    """Threads and seeds, set before any model is built (torch's where it is installed)."""
+    if torch is not None:
+        torch.set_num_threads(settings.threads)
+        torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
 
 
-def read_table(path: Path) -> pl.DataFrame:
-    """A Criteo-shaped Parquet file, checked for the columns the runners use."""
+def read_table(path: Path, columns: Columns | None = None) -> pl.DataFrame:
+    """A Parquet file with a 0/1 ``label`` column and, if ``columns`` is given, those columns."""
     table = pl.read_parquet(path)
-    missing = [name for name in [LABEL, *NUMERIC, *CATEGORICAL] if name not in table.columns]
+    wanted = [LABEL] + ([*columns.numeric, *columns.categorical] if columns else [])
+    missing = [name for name in wanted if name not in table.columns]
     if missing:
-        raise SystemExit(
-            f"{path}: expected Criteo columns label, I1..I13, C1..C26; missing {missing}"
-        )
+        raise SystemExit(f"{path}: expected columns {wanted}; missing {missing}")
     return table
 
 
-def prepare(table: pl.DataFrame) -> pd.DataFrame:
+def prepare(table: pl.DataFrame, columns: Columns) -> pd.DataFrame:
     """The cleaning every peer gets, before its own preprocessing.
 
     Numerics: null -> 0, clipped at 0, log1p (clipping keeps log1p finite on real Criteo, where
@@ -128,18 +131,24 @@ def prepare(table: pl.DataFrame) -> pd.DataFrame:
     """
     cleaned = table.select(
         pl.col(LABEL).cast(pl.Float32),
-        *[pl.col(name).cast(pl.Float64).fill_null(0.0).clip(0.0).log1p() for name in NUMERIC],
-        *[pl.col(name).cast(pl.String).fill_null(MISSING_CATEGORY) for name in CATEGORICAL],
+        *[
+            pl.col(name).cast(pl.Float64).fill_null(0.0).clip(0.0).log1p()
+            for name in columns.numeric
+        ],
+        *[pl.col(name).cast(pl.String).fill_null(MISSING_CATEGORY) for name in columns.categorical],
     )
     return cleaned.to_pandas()
 
 
-def load(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, float]:
-    """Train and test tables, prepared; and the seconds preparing took (reading not counted)."""
-    train, test = read_table(settings.train), read_table(settings.test)
+def load(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, float, Columns]:
+    """Train and test tables, prepared; the seconds preparing took (reading not counted);
+    and the features, read off the training table."""
+    train = read_table(settings.train)
+    columns = Columns.of(train.schema)
+    test = read_table(settings.test, columns)
     started = time.perf_counter()
-    prepared = prepare(train), prepare(test)
-    return *prepared, time.perf_counter() - started
+    prepared = prepare(train, columns), prepare(test, columns)
+    return *prepared, time.perf_counter() - started, columns
 
 
 def score(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
@@ -245,7 +254,7 @@ def build_result(
     return Result(
         library=library,
         version=version(library),
-        torch=torch.__version__,
+        torch=torch.__version__ if torch is not None else "not installed",
         preprocess_rows_per_s=rows / sum(preprocess_seconds.values()),
         train_samples_per_s=log.samples_per_s(),
         infer_samples_per_s=infer_samples_per_s,

@@ -1,4 +1,5 @@
-"""DeepCTR-Torch's WDL on a Criteo-shaped table: preprocess, train, predict, timed.
+"""DeepCTR-Torch's WDL on a Criteo-shaped (or any labelled) table: preprocess, train,
+predict, timed.
 
 Runs inside the venv made by setup_envs.py:
 
@@ -43,6 +44,7 @@ class Encoded:
     train: dict[str, np.ndarray]
     test: dict[str, np.ndarray]
     vocabulary_sizes: dict[str, int]
+    numeric: list[str]
     fit_seconds: float
     transform_seconds: float
 
@@ -55,22 +57,28 @@ def encode_unseen_last(encoder: LabelEncoder, values: np.ndarray) -> np.ndarray:
     return ids
 
 
-def preprocess(train: pd.DataFrame, test: pd.DataFrame) -> Encoded:
+def preprocess(train: pd.DataFrame, test: pd.DataFrame, features: harness.Columns) -> Encoded:
     """Fit the encoders and the scaler on train, transform train and test; each phase timed."""
     started = time.perf_counter()
-    encoders = {name: LabelEncoder().fit(train[name].to_numpy()) for name in harness.CATEGORICAL}
-    scaler = MinMaxScaler(feature_range=(0, 1)).fit(train[harness.NUMERIC].to_numpy())
+    encoders = {name: LabelEncoder().fit(train[name].to_numpy()) for name in features.categorical}
+    scaler = MinMaxScaler(feature_range=(0, 1)).fit(train[features.numeric].to_numpy())
     fitted = time.perf_counter()
     inputs = []
     for table in (train, test):
-        dense = scaler.transform(table[harness.NUMERIC].to_numpy())
-        columns = {name: dense[:, i] for i, name in enumerate(harness.NUMERIC)}
+        dense = scaler.transform(table[features.numeric].to_numpy())
+        columns = {name: dense[:, i] for i, name in enumerate(features.numeric)}
         for name, encoder in encoders.items():
             columns[name] = encode_unseen_last(encoder, table[name].to_numpy())
         inputs.append(columns)
     done = time.perf_counter()
     sizes = {name: len(encoder.classes_) + 1 for name, encoder in encoders.items()}
-    return Encoded(*inputs, sizes, fit_seconds=fitted - started, transform_seconds=done - fitted)
+    return Encoded(
+        *inputs,
+        sizes,
+        features.numeric,
+        fit_seconds=fitted - started,
+        transform_seconds=done - fitted,
+    )
 
 
 def build_model(encoded: Encoded, settings: harness.Settings) -> WDL:
@@ -78,7 +86,7 @@ def build_model(encoded: Encoded, settings: harness.Settings) -> WDL:
     columns = [
         SparseFeat(name, size, embedding_dim=settings.embedding_dim)
         for name, size in encoded.vocabulary_sizes.items()
-    ] + [DenseFeat(name, 1) for name in harness.NUMERIC]
+    ] + [DenseFeat(name, 1) for name in encoded.numeric]
     return WDL(
         linear_feature_columns=columns,
         dnn_feature_columns=columns,
@@ -124,8 +132,8 @@ class EpochClock(Callback):
 def run(settings: harness.Settings) -> harness.Result:
     """Preprocess, train with per-epoch evaluation, time inference; the result record."""
     harness.configure_torch(settings)
-    train, test, prepare_seconds = harness.load(settings)
-    encoded = preprocess(train, test)
+    train, test, prepare_seconds, features = harness.load(settings)
+    encoded = preprocess(train, test, features)
     model = build_model(encoded, settings)
     model.compile(torch.optim.Adam(model.parameters(), lr=settings.lr), "binary_crossentropy")
     log = harness.EpochLog(train_rows=len(train), test_labels=test[harness.LABEL].to_numpy())
@@ -158,7 +166,7 @@ def run(settings: harness.Settings) -> harness.Result:
         settings={
             **settings.as_json(),
             "shuffle": True,
-            "wide_columns": "C1..C26 and I1..I13 (linear part of WDL, as in the Criteo example)",
+            "wide_columns": "every feature (linear part of WDL, as in the Criteo example)",
             "continuous_scaling": "MinMaxScaler (Criteo example)",
             "wdl_defaults": wdl_defaults(),
         },

@@ -1,4 +1,5 @@
-"""pytorch-widedeep's Wide & Deep on a Criteo-shaped table: preprocess, train, predict, timed.
+"""pytorch-widedeep's Wide & Deep on a Criteo-shaped (or any labelled) table: preprocess, train,
+predict, timed.
 
 Runs inside the venv made by setup_envs.py:
 
@@ -6,8 +7,9 @@ Runs inside the venv made by setup_envs.py:
         --train train.parquet --test test.parquet --epochs 2 --batch-size 1024 \\
         --embedding-dim 16 --hidden 256,128 --lr 1e-3 --threads 2 --output result.json
 
-Wide: ``WidePreprocessor`` on C1..C26 into ``Wide``. Deep: ``TabPreprocessor`` (C1..C26
-embedded at --embedding-dim, I1..I13 continuous) into ``TabMlp``. Trained by ``Trainer.fit``.
+Wide: ``WidePreprocessor`` on the categorical columns (Criteo: C1..C26) into ``Wide``. Deep:
+``TabPreprocessor`` (the categorical columns embedded at --embedding-dim, the numeric ones,
+I1..I13, continuous) into ``TabMlp``. Trained by ``Trainer.fit``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Encoded:
 
     tab: TabPreprocessor
     wide: WidePreprocessor
+    numeric: list[str]
     train_tab: np.ndarray
     train_wide: np.ndarray
     test_tab: np.ndarray
@@ -46,14 +49,16 @@ class Encoded:
     transform_seconds: float
 
 
-def preprocess(train: pd.DataFrame, test: pd.DataFrame, embedding_dim: int) -> Encoded:
+def preprocess(
+    train: pd.DataFrame, test: pd.DataFrame, features: harness.Columns, embedding_dim: int
+) -> Encoded:
     """Fit both preprocessors on train, transform train and test; each phase timed."""
     tab = TabPreprocessor(
-        cat_embed_cols=[(name, embedding_dim) for name in harness.CATEGORICAL],
-        continuous_cols=harness.NUMERIC,
+        cat_embed_cols=[(name, embedding_dim) for name in features.categorical],
+        continuous_cols=features.numeric,
         verbose=0,
     )
-    wide = WidePreprocessor(wide_cols=harness.CATEGORICAL)
+    wide = WidePreprocessor(wide_cols=features.categorical)
     started = time.perf_counter()
     tab.fit(train)
     wide.fit(train)
@@ -61,7 +66,12 @@ def preprocess(train: pd.DataFrame, test: pd.DataFrame, embedding_dim: int) -> E
     arrays = tab.transform(train), wide.transform(train), tab.transform(test), wide.transform(test)
     done = time.perf_counter()
     return Encoded(
-        tab, wide, *arrays, fit_seconds=fitted - started, transform_seconds=done - fitted
+        tab,
+        wide,
+        features.numeric,
+        *arrays,
+        fit_seconds=fitted - started,
+        transform_seconds=done - fitted,
     )
 
 
@@ -71,7 +81,7 @@ def build_model(encoded: Encoded, hidden: tuple[int, ...]) -> WideDeep:
     deep = TabMlp(
         column_idx=encoded.tab.column_idx,
         cat_embed_input=encoded.tab.cat_embed_input,
-        continuous_cols=harness.NUMERIC,
+        continuous_cols=encoded.numeric,
         mlp_hidden_dims=list(hidden),
         mlp_dropout=0.0,
         mlp_batchnorm=False,
@@ -114,8 +124,8 @@ def predict_probs(trainer: Trainer, encoded: Encoded, batch_size: int) -> np.nda
 def run(settings: harness.Settings, num_workers: int | None) -> harness.Result:
     """Preprocess, train with per-epoch evaluation, time inference; the result record."""
     harness.configure_torch(settings)
-    train, test, prepare_seconds = harness.load(settings)
-    encoded = preprocess(train, test, settings.embedding_dim)
+    train, test, prepare_seconds, features = harness.load(settings)
+    encoded = preprocess(train, test, features, settings.embedding_dim)
     model = build_model(encoded, settings.hidden)
     worker_args = {} if num_workers is None else {"num_workers": num_workers}
     log = harness.EpochLog(train_rows=len(train), test_labels=test[harness.LABEL].to_numpy())
@@ -160,7 +170,7 @@ def run(settings: harness.Settings, num_workers: int | None) -> harness.Result:
             **settings.as_json(),
             "num_workers": trainer.num_workers,
             "shuffle": True,
-            "wide_columns": "C1..C26",
+            "wide_columns": "the categorical columns",
             "continuous_scaling": "none (TabPreprocessor default scale=False)",
             "torchvision_ops_stand_in": TORCHVISION_STAND_IN,
         },

@@ -47,6 +47,11 @@ class Peer:
     venv: str
     requirements: tuple[str, ...]
     module: str
+    # run before the import check, as the runner does before its imports
+    prelude: str = (
+        "from torchvision_compat import allow_torchvision_without_ops\n"
+        "allow_torchvision_without_ops()\n"
+    )
 
     @property
     def path(self) -> Path:
@@ -73,6 +78,14 @@ PEERS = (
         # 0.3.0 accepts torch 2.13. It imports requests without declaring it.
         requirements=("deepctr-torch==0.3.0", "requests"),
         module="deepctr_torch",
+    ),
+    Peer(
+        name="tensorflow-cpu",
+        venv="venv-keras",
+        # the notebook's framework; its runner imports no torch (peer_harness does not need it)
+        requirements=("tensorflow-cpu==2.21.0",),
+        module="tensorflow",
+        prelude="",
     ),
 )
 
@@ -129,11 +142,7 @@ def versions(peer: Peer) -> dict[str, str]:
 
 def check_import(peer: Peer) -> None:
     """Import the peer in its venv the way its runner does, or stop with the error."""
-    script = (
-        "from torchvision_compat import allow_torchvision_without_ops\n"
-        "allow_torchvision_without_ops()\n"
-        f"import {peer.module}\n"
-    )
+    script = f"{peer.prelude}import {peer.module}\n"
     done = subprocess.run(
         [str(peer.python), "-c", script], cwd=PEERS_DIR, capture_output=True, text=True, check=False
     )

@@ -1,0 +1,87 @@
+"""The benchmark's own helpers: which columns every runner reads as features, the Adult table
+it benchmarks on, the model config it builds from a file, and its per-epoch quality table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench  # noqa: E402
+from peers.columns import Columns  # noqa: E402
+from run_widedeep import criteo_config  # noqa: E402
+
+CRITEO_SCHEMA = pl.Schema(
+    {
+        "label": pl.Int8,
+        **{f"I{i}": pl.Float64 for i in range(1, 14)},
+        **{f"C{i}": pl.String for i in range(1, 27)},
+    }
+)
+
+
+def test_criteo_columns_are_the_I_fields_numeric_and_the_C_fields_categorical() -> None:
+    columns = Columns.of(CRITEO_SCHEMA)
+    assert columns.numeric == [f"I{i}" for i in range(1, 14)]
+    assert columns.categorical == [f"C{i}" for i in range(1, 27)]
+
+
+def test_adult_table_has_a_binary_label_and_names_without_hyphens() -> None:
+    table = bench.adult_table()
+    assert table.height == 48_842
+    assert table["label"].sum() == 11_687  # the rows with income >50K
+    assert set(table["label"].unique()) == {0, 1}
+    assert not [name for name in table.columns if "-" in name]
+    columns = Columns.of(table.schema)
+    assert columns.numeric == [
+        "age",
+        "fnlwgt",
+        "educational_num",
+        "capital_gain",
+        "capital_loss",
+        "hours_per_week",
+    ]
+    assert len(columns.categorical) == 8 and "native_country" in columns.categorical
+
+
+@pytest.fixture
+def adult_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    monkeypatch.setattr(bench, "SCRATCH", tmp_path)
+    return bench.adult_data(argparse.Namespace(seed=0))
+
+
+def test_adult_split_is_seeded_and_keeps_every_row_once(adult_files: tuple[Path, Path]) -> None:
+    train, test = (pl.read_parquet(path) for path in adult_files)
+    assert (train.height, test.height) == (39_074, 9_768)
+    assert pl.concat([train, test]).sort(pl.all()).equals(bench.adult_table().sort(pl.all()))
+    again = bench.random_split(bench.adult_table(), 0.0, bench.ADULT_TEST_FRACTION, seed=0)[2]
+    assert again.equals(test)
+
+
+def test_widedeep_config_takes_its_features_from_the_file(adult_files: tuple[Path, Path]) -> None:
+    args = argparse.Namespace(
+        hashed_buckets=0, embedding_dim=8, optimizer="adam", lr=1e-3, hidden="32,16", epochs=1,
+        batch_size=256, threads=1, device="cpu", precision="fp32",
+    )  # fmt: skip
+    config = criteo_config(args, str(adult_files[0]), str(adult_files[1]))
+    columns = Columns.of_file(adult_files[0])
+    assert list(config.feature_schema.wide or ()) == columns.categorical
+    assert list(config.feature_schema.deep or ()) == columns.numeric + columns.categorical
+
+
+def test_epochs_table_has_a_row_per_library_and_a_column_per_epoch() -> None:
+    rows = [
+        {"library": "widedeep", "version": "0.1.0", "precision": "bf16",
+         "epochs": [(0.71, 0.52), (0.74, 0.49)]},
+        {"library": "peer", "version": "1.0", "precision": "fp32", "epochs": [(0.70, 0.55)]},
+    ]  # fmt: skip
+    lines = bench.epochs_table(rows).splitlines()
+    assert lines[0] == "| library | epoch 1: AUC / logloss | epoch 2: AUC / logloss |"
+    assert lines[2] == "| widedeep 0.1.0 (bf16) | 0.7100 / 0.5200 | 0.7400 / 0.4900 |"
+    assert lines[3] == "| peer 1.0 (fp32) | 0.7000 / 0.5500 |  |"
