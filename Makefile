@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit clean bench
+.PHONY: demo test lint typecheck unit clean bench bench-variants
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,18 @@ typecheck: $(STAMP)
 
 test: unit lint typecheck
 
+BENCH := $(BIN)/python benchmarks/bench.py --repeats 3 --peer-repeats 1
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/peers/setup_envs.py
-	$(BIN)/python benchmarks/bench.py
+	$(BENCH)
+
+# The issue's other settings and the bundled Adult data, each to its own RESULTS file.
+bench-variants: $(STAMP)
+	$(BIN)/python benchmarks/peers/setup_envs.py
+	$(BENCH) --hidden 400,400,400 --results benchmarks/RESULTS-mlp400.md
+	$(BENCH) --batch-size 4096 --results benchmarks/RESULTS-batch4096.md
+	$(BENCH) --data adult --epochs 10 --peer-repeats 3 --results benchmarks/RESULTS-adult.md
 
 clean:
 	rm -rf $(VENV) runs build dist .pytest_cache .mypy_cache .ruff_cache

@@ -45,7 +45,7 @@ SCRATCH = ROOT / "bench-scratch"
 PEERS = {
     "pytorch-widedeep": ("venv-pwd", "run_pytorch_widedeep.py"),
     "DeepCTR-Torch": ("venv-deepctr", "run_deepctr.py"),
-    "TensorFlow/Keras": ("venv-keras", "run_keras.py"),
+    "TensorFlow-Keras": ("venv-keras", "run_keras.py"),
 }
 ADULT_TEST_FRACTION = 0.2
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -240,27 +241,44 @@ class Result:
     peak_rss_children_mb: float
 
 
+class Encoding(Protocol):
+    """What a runner's preprocessing reports: how long fitting and transforming took."""
+
+    fit_seconds: float
+    transform_seconds: float
+
+
 def build_result(
     library: str,
-    rows: int,
-    preprocess_seconds: dict[str, float],
+    settings: Settings,
+    rows: tuple[int, int],
+    prepare_seconds: float,
+    encoding: Encoding,
     log: EpochLog,
-    infer_samples_per_s: float,
     fit_call_seconds: float,
-    settings: dict[str, object],
+    predict_test: Callable[[], np.ndarray],
+    notes: dict[str, object],
 ) -> Result:
-    """The result of one peer's run, with its version, torch's and the peak memory."""
+    """The result of one peer's run: the preprocessing rate over the (train, test) ``rows``,
+    the epochs, the inference rate of ``predict_test`` (timed here), the peak memory, the
+    versions, and the settings with the runner's own ``notes``."""
+    infer = infer_samples_per_s(rows[1], predict_test)
     own_rss, child_rss = peak_rss_mb()
+    preprocess_seconds = {
+        "prepare": prepare_seconds,
+        "fit": encoding.fit_seconds,
+        "transform": encoding.transform_seconds,
+    }
     return Result(
         library=library,
         version=version(library),
         torch=torch.__version__ if torch is not None else "not installed",
-        preprocess_rows_per_s=rows / sum(preprocess_seconds.values()),
+        preprocess_rows_per_s=sum(rows) / sum(preprocess_seconds.values()),
         train_samples_per_s=log.samples_per_s(),
-        infer_samples_per_s=infer_samples_per_s,
+        infer_samples_per_s=infer,
         peak_rss_mb=own_rss,
         epochs=log.records,
-        settings=settings,
+        settings={**settings.as_json(), **notes},
         preprocess_seconds=preprocess_seconds,
         fit_call_seconds=fit_call_seconds,
         peak_rss_children_mb=child_rss,

@@ -148,23 +148,16 @@ def run(settings: harness.Settings) -> harness.Result:
         callbacks=[EpochClock(log, encoded, settings.infer_batch_size)],
     )
     fit_call_seconds = time.perf_counter() - started
-    infer = harness.infer_samples_per_s(
-        len(test), lambda: predict_probs(model, encoded, settings.infer_batch_size)
-    )
-    preprocess_seconds = {
-        "prepare": prepare_seconds,
-        "fit": encoded.fit_seconds,
-        "transform": encoded.transform_seconds,
-    }
     return harness.build_result(
         LIBRARY,
-        len(train) + len(test),
-        preprocess_seconds,
+        settings,
+        (len(train), len(test)),
+        prepare_seconds,
+        encoded,
         log,
-        infer,
         fit_call_seconds,
-        settings={
-            **settings.as_json(),
+        lambda: predict_probs(model, encoded, settings.infer_batch_size),
+        notes={
             "shuffle": True,
             "wide_columns": "every feature (linear part of WDL, as in the Criteo example)",
             "continuous_scaling": "MinMaxScaler (Criteo example)",

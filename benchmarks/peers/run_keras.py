@@ -173,23 +173,16 @@ def run(settings: harness.Settings) -> harness.Result:
         callbacks=[EpochClock(log, encoded, settings.infer_batch_size)],
     )
     fit_call_seconds = time.perf_counter() - started
-    infer = harness.infer_samples_per_s(
-        len(test), lambda: predict_probs(model, encoded.test, settings.infer_batch_size)
-    )
-    preprocess_seconds = {
-        "prepare": prepare_seconds,
-        "fit": encoded.fit_seconds,
-        "transform": encoded.transform_seconds,
-    }
     return harness.build_result(
         LIBRARY,
-        len(train) + len(test),
-        preprocess_seconds,
+        settings,
+        (len(train), len(test)),
+        prepare_seconds,
+        encoded,
         log,
-        infer,
         fit_call_seconds,
-        settings={
-            **settings.as_json(),
+        lambda: predict_probs(model, encoded.test, settings.infer_batch_size),
+        notes={
             "keras": keras.__version__,
             "shuffle": True,
             "wide_columns": "the categorical columns (the notebook's Linear over offset ids)",

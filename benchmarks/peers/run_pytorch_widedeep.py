@@ -151,23 +151,16 @@ def run(settings: harness.Settings, num_workers: int | None) -> harness.Result:
         shuffle=True,
     )
     fit_call_seconds = time.perf_counter() - started
-    infer = harness.infer_samples_per_s(
-        len(test), lambda: predict_probs(trainer, encoded, settings.infer_batch_size)
-    )
-    preprocess_seconds = {
-        "prepare": prepare_seconds,
-        "fit": encoded.fit_seconds,
-        "transform": encoded.transform_seconds,
-    }
     return harness.build_result(
         LIBRARY,
-        len(train) + len(test),
-        preprocess_seconds,
+        settings,
+        (len(train), len(test)),
+        prepare_seconds,
+        encoded,
         log,
-        infer,
         fit_call_seconds,
-        settings={
-            **settings.as_json(),
+        lambda: predict_probs(trainer, encoded, settings.infer_batch_size),
+        notes={
             "num_workers": trainer.num_workers,
             "shuffle": True,
             "wide_columns": "the categorical columns",
