@@ -48,7 +48,7 @@ def free_port() -> int:
 def worker_env(*paths: Path, **variables: str) -> dict[str, str]:
     """This environment for a worker process: ``paths`` and the widedeep under test first on
     its ``PYTHONPATH`` (whatever the worker's folder), one thread, a collective timeout that
-    ends a hang, and ``variables``."""
+    ends a hang, Python's stack dump on a crash, and ``variables``."""
     source = Path(widedeep.__file__).resolve().parents[1]
     python_path = [*map(str, paths), str(source), *filter(None, [os.environ.get("PYTHONPATH")])]
     return {
@@ -56,6 +56,7 @@ def worker_env(*paths: Path, **variables: str) -> dict[str, str]:
         "PYTHONPATH": os.pathsep.join(python_path),
         "OMP_NUM_THREADS": "1",
         "WIDEDEEP_DISTRIBUTED_TIMEOUT": "60",
+        "PYTHONFAULTHANDLER": "1",
         **variables,
     }
 
@@ -69,6 +70,15 @@ def torchrun(target: list[str], processes: int, cwd: Path) -> subprocess.Complet
     return subprocess.run(
         command, cwd=cwd, env=worker_env(), capture_output=True, text=True, timeout=TIMEOUT_S
     )
+
+
+def failure_report(done: subprocess.CompletedProcess[str]) -> str:
+    """What a failed torchrun shows: a crashed rank's stack dump (faulthandler's), which
+    torchrun's own summary at the end of stderr would push out of view, then that end."""
+    text = done.stderr
+    crash = text.find("Fatal Python error")
+    dump = f"{text[crash : crash + 6000]}\n[...]\n" if crash >= 0 else ""
+    return dump + text[-3000:]
 
 
 def assert_same_run(one: Path, two: Path) -> None:

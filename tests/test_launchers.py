@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixtures_distributed import (
     TIMEOUT_S,
     assert_same_run,
+    failure_report,
     free_port,
     small_config,
     torchrun,
@@ -73,7 +74,7 @@ def test_spark_train_on_two_processes_trains_the_model_of_one(
     config_path, one = single_run
     (tmp_path / "spark_worker.py").write_text(SPARK_WORKER)
     done = torchrun(["spark_worker.py", str(config_path), str(tmp_path / "two")], 2, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, failure_report(done)
 
     assert_same_run(one, tmp_path / "two")
     output = pickle.loads((tmp_path / "output.pickle").read_bytes())

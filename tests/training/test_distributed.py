@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fixtures_distributed import assert_same_run, small_config, torchrun
+from fixtures_distributed import assert_same_run, failure_report, small_config, torchrun
 from fixtures_train import one_thread, run_config, skip_plots, write_tables
 from widedeep.errors import ConfigError
 from widedeep.training import distributed
@@ -48,7 +48,7 @@ def test_two_processes_train_the_model_of_one(
     train(run_config(base), tmp_path / "one")
 
     done = torchrun(["-m", "widedeep", "train", str(config_path), "-o", "two"], 2, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, failure_report(done)
     assert done.stdout.count("bundle:") == 1  # rank 0 reports, rank 1 stays quiet
 
     assert_same_run(tmp_path / "one", tmp_path / "two")
@@ -66,7 +66,7 @@ def test_two_processes_stream_their_own_shares_of_a_parquet_table(
     single = train(run_config(base), tmp_path / "one")
 
     done = torchrun(["-m", "widedeep", "train", str(config_path), "-o", "two"], 2, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, failure_report(done)
     assert done.stdout.count("bundle:") == 1
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["rows"]["train"] == 2400
@@ -179,7 +179,7 @@ def two_process_run(tables: tuple[Path, Path], tmp_path_factory: pytest.TempPath
     config_path = folder / "run.yaml"
     config_path.write_text(yaml.safe_dump(run_config(small_config(tables), RESUMABLE).to_dict()))
     done = torchrun(["-m", "widedeep", "train", str(config_path), "-o", "run"], 2, folder)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, failure_report(done)
     return folder
 
 
@@ -203,7 +203,7 @@ def test_a_crashed_two_process_run_resumes_to_the_same_weights(
 
     command = ["-m", "widedeep", "train", str(config_path), "--resume", "run"]
     resumed = torchrun(command, 2, tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, failure_report(resumed)
     assert resumed.stdout.count("bundle:") == 1
 
     # Bit for bit: the same computations in the same order as the uninterrupted run.
