@@ -4,6 +4,7 @@ runner, ours and the peers', reads them by (polars only, so any peer venv can im
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 
@@ -26,6 +27,6 @@ class Columns:
         return cls([name for name in features if name not in categorical], categorical)
 
     @classmethod
-    def of_file(cls, path: object) -> Columns:
+    def of_file(cls, path: str | Path) -> Columns:
         """The features of a Parquet file, read from its footer alone."""
-        return cls.of(pl.read_parquet_schema(str(path)))  # type: ignore[arg-type]
+        return cls.of(pl.read_parquet_schema(path))

@@ -106,7 +106,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def configure_torch(settings: Settings) -> None:
+def configure_run(settings: Settings) -> None:
     """Threads and seeds, set before any model is built (torch's where it is installed)."""
     if torch is not None:
         torch.set_num_threads(settings.threads)

@@ -131,7 +131,7 @@ class EpochClock(Callback):
 
 def run(settings: harness.Settings) -> harness.Result:
     """Preprocess, train with per-epoch evaluation, time inference; the result record."""
-    harness.configure_torch(settings)
+    harness.configure_run(settings)
     train, test, prepare_seconds, features = harness.load(settings)
     encoded = preprocess(train, test, features)
     model = build_model(encoded, settings)

@@ -154,7 +154,7 @@ def run(settings: harness.Settings) -> harness.Result:
             f"{LIBRARY}: this runner uses the CPU build; got --device {settings.device}"
         )
     configure_tensorflow(settings)
-    harness.configure_torch(settings)
+    harness.configure_run(settings)
     train, test, prepare_seconds, features = harness.load(settings)
     encoded = preprocess(train, test, features)
     model = build_model(encoded, settings)

@@ -123,7 +123,7 @@ def predict_probs(trainer: Trainer, encoded: Encoded, batch_size: int) -> np.nda
 
 def run(settings: harness.Settings, num_workers: int | None) -> harness.Result:
     """Preprocess, train with per-epoch evaluation, time inference; the result record."""
-    harness.configure_torch(settings)
+    harness.configure_run(settings)
     train, test, prepare_seconds, features = harness.load(settings)
     encoded = preprocess(train, test, features, settings.embedding_dim)
     model = build_model(encoded, settings.hidden)
