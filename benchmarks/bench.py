@@ -38,7 +38,7 @@ from peers.columns import LABEL, Columns
 from widedeep.data.ctr import make_ctr
 from widedeep.data.datasets import load_adult
 from widedeep.data.splits import random_split
-from widedeep.training.loop import resolve_precision
+from widedeep.precision import resolve_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRATCH = ROOT / "bench-scratch"
@@ -130,6 +130,12 @@ def summarize(name: str, reports: list[dict[str, Any]]) -> dict[str, Any]:
         "infer": statistics.median(r["infer_samples_per_s"] for r in reports),
         # measured beside the scoring in the same process (widedeep's runner only)
         "bare_infer": statistics.median(r.get("bare_infer_samples_per_s", 0.0) for r in reports),
+        # the opt-in bf16 scoring and the bare MLP's forward under bf16 autocast beside it
+        "infer_bf16": statistics.median(r.get("infer_bf16_samples_per_s", 0.0) for r in reports),
+        "bare_infer_bf16": statistics.median(
+            r.get("bare_infer_bf16_samples_per_s", 0.0) for r in reports
+        ),
+        "auc_bf16_scoring": last.get("test_auc_bf16_scoring", 0.0),
         # the training loop's step over the bare MLP's, alternating in one process (our runner)
         "of_bare": statistics.median(
             r["train_beside_samples_per_s"] / r["bare_train_samples_per_s"] for r in reports
@@ -208,9 +214,22 @@ def table(rows: list[dict[str, Any]], limits: dict[str, float]) -> str:
                  f"rounds, batch 4096 ({ours['bare_infer']:,.0f} samples/s; "
                  f"{ours['infer'] / limits['mlp_infer']:.0%} of the limit row's, batch "
                  f"{limits['batch_size']})")  # fmt: skip
-    if peers:
+    best_infer = max(peers, key=lambda r: r["infer"]) if peers else None
+    if ours["infer_bf16"]:
+        versus = (
+            f"; {ours['infer_bf16'] / best_infer['infer']:.1f}x the fastest peer's inference"
+            if best_infer
+            else ""
+        )
+        lines.append(f"- opt-in bf16 scoring (`precision='bf16'`, `--precision bf16`): "
+                     f"{ours['infer_bf16']:,.0f} samples/s, "
+                     f"{ours['infer_bf16'] / ours['infer']:.2f}x the default fp32 scoring and "
+                     f"{ours['infer_bf16'] / ours['bare_infer_bf16']:.0%} of the bare-MLP "
+                     f"forward under bf16 autocast beside it "
+                     f"({ours['bare_infer_bf16']:,.0f} samples/s){versus}; test AUC "
+                     f"{ours['auc_bf16_scoring']:.4f} (fp32: {ours['auc']:.4f})")  # fmt: skip
+    if best_infer is not None:
         best_train = max(peers, key=lambda r: r["train"])
-        best_infer = max(peers, key=lambda r: r["infer"])
         best_auc = max(p["auc"] for p in peers)
         train_ratio = ours["train"] / best_train["train"]
         infer_ratio = ours["infer"] / best_infer["infer"]

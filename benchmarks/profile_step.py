@@ -26,7 +26,8 @@ from widedeep.bundle import build_model
 from widedeep.data.batch import Batch
 from widedeep.data.tensors import TensorTable
 from widedeep.features.preprocessor import Preprocessor
-from widedeep.training.loop import loss_fn, mixed_precision, train_step
+from widedeep.precision import mixed_precision
+from widedeep.training.loop import loss_fn, train_step
 from widedeep.training.optimizers import build_optimizers, use_sparse_gradients
 
 

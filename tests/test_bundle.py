@@ -31,7 +31,7 @@ from fixtures_train import (
 from widedeep.bundle import Bundle, load_bundle, save_bundle, verify_bundle
 from widedeep.config import RunConfig
 from widedeep.data.tensors import TensorTable
-from widedeep.errors import BundleError, SchemaError
+from widedeep.errors import BundleError, ConfigError, SchemaError
 from widedeep.inference import predict
 from widedeep.metrics import binary_report
 from widedeep.training.loop import TrainResult, train
@@ -228,6 +228,26 @@ def test_predict_frame_keeps_the_columns_and_adds_scores(
     assert np.array_equal(scored["score"].to_numpy(), bundle.predict(frame))
     with pytest.raises(SchemaError, match="already has a column 'click'"):
         bundle.predict_frame(frame, column="click")
+
+
+def test_bf16_scoring_is_close_to_fp32_and_agrees_across_the_bundles_methods(
+    result: TrainResult, test_path: Path
+) -> None:
+    bundle = load_bundle(result.bundle_dir)
+    fp32, bf16 = bundle.predict(test_path), bundle.predict(test_path, precision="bf16")
+    assert bf16.dtype == np.float32 and not np.array_equal(bf16, fp32)  # it ran in bf16
+    assert float(np.abs(bf16 - fp32).max()) < 0.02  # bf16 keeps 8 bits of mantissa
+    labels = pl.read_parquet(test_path)["click"].to_numpy().astype(np.float32)
+    metrics = bundle.evaluate(test_path, precision="bf16")
+    assert metrics == binary_report(labels, bf16)
+    assert abs(metrics["auc"] - bundle.evaluate(test_path)["auc"]) < 0.005
+    parts = bundle.explain(test_path, precision="bf16")
+    logits = torch.from_numpy(parts["wide_logit"] + parts["deep_logit"])
+    assert np.array_equal(torch.sigmoid(logits).numpy(), bf16)
+    scored = bundle.predict_frame(test_path, precision="bf16")
+    assert np.array_equal(scored["score"].to_numpy(), bf16)
+    with pytest.raises(ConfigError, match=r"precision must be one of .* got 'fp16'"):
+        bundle.predict(test_path, precision="fp16")
 
 
 def test_predicting_a_table_without_a_feature_column_names_it(

@@ -165,6 +165,44 @@ def test_predict_with_a_custom_column_name(
     assert pl.read_parquet(output).columns[-1] == "p"
 
 
+def test_predict_and_evaluate_in_bf16_equal_the_library_in_bf16(
+    result: TrainResult,
+    test_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+) -> None:
+    bundle = load_bundle(result.bundle_dir)
+    output = tmp_path / "scored.parquet"
+    argv = ["predict", str(result.bundle_dir), str(test_path), "-o", str(output)]
+    outcome = run_main([*argv, "--precision", "bf16"], monkeypatch, capsys)
+    assert outcome.code == 0, outcome.stderr
+    expected = bundle.predict(test_path, precision="bf16")
+    assert np.array_equal(pl.read_parquet(output)["score"].to_numpy(), expected)
+    assert not np.array_equal(expected, bundle.predict(test_path))
+    evaluate = ["evaluate", str(result.bundle_dir), str(test_path), "--json"]
+    outcome = run_main([*evaluate, "--precision", "bf16"], monkeypatch, capsys)
+    assert outcome.code == 0, outcome.stderr
+    assert json.loads(outcome.stdout) == bundle.evaluate(test_path, precision="bf16")
+
+
+def test_an_unknown_precision_is_a_user_error_before_any_scoring(
+    result: TrainResult,
+    test_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+) -> None:
+    output = tmp_path / "scored.parquet"
+    argv = ["predict", str(result.bundle_dir), str(test_path), "-o", str(output)]
+    outcome = run_main([*argv, "--precision", "fp16"], monkeypatch, capsys)
+    assert_user_error(outcome.code, outcome.stderr, "--precision must be one of", "'fp16'")
+    assert not output.exists()
+    ranking = ["evaluate", str(result.bundle_dir), str(test_path), "--ranking"]
+    outcome = run_main([*ranking, "--precision", "bf16"], monkeypatch, capsys)
+    assert_user_error(outcome.code, outcome.stderr, "--ranking is fp32")
+
+
 @pytest.mark.parametrize("command", ["train", "evaluate", "predict", "demo"])
 def test_help_of_each_command_shows_an_example(command: str) -> None:
     outcome = CliRunner().invoke(app, [command, "--help"], terminal_width=120)

@@ -163,6 +163,16 @@ def test_micro_batches_on_threads_equal_the_library_in_those_batches(ctr: Bundle
     np.testing.assert_allclose(got, ctr.predict(frame), rtol=0, atol=1e-6)
 
 
+def test_bf16_scores_equal_the_library_in_bf16_in_the_same_micro_batches(ctr: Bundle) -> None:
+    frame = features(101)
+    api = Api(build_app(ctr, ServeSettings(micro_batch=8, threads=3, precision="bf16")))
+    got = scores(api.post("/v1/score", {"columns": columnar(frame)}))
+    expected = ctr.predict(frame, batch_size=8, precision="bf16")
+    assert np.array_equal(got, expected)
+    assert not np.array_equal(expected, ctr.predict(frame, batch_size=8))  # it ran in bf16
+    assert api("GET", "/v1/metadata").json()["precision"] == "bf16"
+
+
 BASE = {
     "user": ["u1", "u2", "u3"],
     "item": ["i1", "i2", "i3"],
@@ -485,6 +495,7 @@ def test_metadata_lists_features_versions_and_metrics(api: Api, ctr: Bundle) -> 
     assert body["versions"]["serving_torch"] == torch.__version__
     assert body["metrics"]["test"]["auc"] == ctr.manifest["metrics"]["test"]["auc"]
     assert body["catalog_items"] is None
+    assert body["precision"] == "fp32"
 
 
 def test_health_and_the_openapi_document(api: Api) -> None:
@@ -500,7 +511,7 @@ def test_health_and_the_openapi_document(api: Api) -> None:
 
 
 def test_settings_are_checked_all_at_once() -> None:
-    with pytest.raises(ConfigError, match=r"max_rows.*threads"):
-        ServeSettings(max_rows=0, threads=-1)
+    with pytest.raises(ConfigError, match=r"max_rows.*threads.*precision must be one of"):
+        ServeSettings(max_rows=0, threads=-1, precision="fp16")
     with pytest.raises(ConfigError, match="bogus"):
         serve("no-such-bundle", bogus=1)

@@ -2,7 +2,8 @@
 subprocess), ``widedeep predict`` and ``load_bundle(...).predict``.
 
 The request has fewer rows than a micro-batch, so the server scores it in one batch, as
-``predict`` does; JSON's floats read back as the same float32.
+``predict`` does; JSON's floats read back as the same float32. Checked in fp32 (the
+default) and in bf16.
 """
 
 from __future__ import annotations
@@ -35,11 +36,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def served_scores(bundle_dir: Path, frame: pl.DataFrame, log: Path) -> np.ndarray:
-    """POST the rows to a fresh ``python -m widedeep serve`` and return its probabilities."""
+def served_scores(
+    bundle_dir: Path, frame: pl.DataFrame, log: Path, options: list[str]
+) -> np.ndarray:
+    """POST the rows to a fresh ``python -m widedeep serve [OPTIONS]`` and return its
+    probabilities."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "widedeep", "serve", str(bundle_dir), "--port", str(port)]
+    command += options
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -66,7 +71,9 @@ def served_scores(bundle_dir: Path, frame: pl.DataFrame, log: Path) -> np.ndarra
             process.wait()
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_http_cli_and_library_scores_are_equal(
+    precision: str,
     tmp_path_factory: pytest.TempPathFactory,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -81,15 +88,17 @@ def test_http_cli_and_library_scores_are_equal(
     rows_file, scored_file = tmp_path / "rows.parquet", tmp_path / "scored.parquet"
     frame.write_parquet(rows_file)
 
-    over_http = served_scores(run.bundle_dir, frame, tmp_path / "server.log")
+    # fp32 is the default: no option at all; bf16 is asked for the same way in both commands
+    options = [] if precision == "fp32" else ["--precision", precision]
+    over_http = served_scores(run.bundle_dir, frame, tmp_path / "server.log", options)
     result = run_main(
-        ["predict", str(run.bundle_dir), str(rows_file), "--output", str(scored_file)],
+        ["predict", str(run.bundle_dir), str(rows_file), "--output", str(scored_file), *options],
         monkeypatch,
         capsys,
     )
     assert result.code == 0, result.stderr
     by_cli = pl.read_parquet(scored_file).get_column("score").to_numpy()
-    by_library = bundle.predict(frame)
+    by_library = bundle.predict(frame, precision=precision)
 
     assert by_library.dtype == np.float32 and by_cli.dtype == np.float32
     assert len(over_http) == ROWS

@@ -31,7 +31,7 @@ from widedeep.config import RunConfig
 from widedeep.data.tensors import TensorTable
 from widedeep.errors import BundleError, ConfigError, SchemaError
 from widedeep.features.preprocessor import Preprocessor, TransformReport
-from widedeep.inference import predict, predict_parts
+from widedeep.inference import SCORE_BATCH_SIZE, predict, predict_parts
 from widedeep.manifest import check_files, file_entries, read_manifest
 from widedeep.metrics import binary_report, regression_report
 from widedeep.model.widedeep import WideDeep
@@ -109,28 +109,40 @@ class Bundle:
         encoded = self.preprocessor.transform(source, with_labels=with_labels)
         return TensorTable.from_encoded(encoded), encoded.report
 
-    def predict(self, source: TableSource, batch_size: int = 16384) -> NDArray[np.float32]:
-        """Probabilities (binary) or predictions (regression), one per row of ``source``."""
+    def predict(
+        self, source: TableSource, batch_size: int = SCORE_BATCH_SIZE, precision: str = "fp32"
+    ) -> NDArray[np.float32]:
+        """Probabilities (binary) or predictions (regression), one per row of ``source``.
+
+        ``precision``: ``fp32``, or ``bf16`` (or ``auto``) for bfloat16 autocast, about 2x
+        faster on a CPU with AMX (see ``widedeep.inference.predict_parts``).
+        """
         table, _ = self.encode(source, with_labels=False)
-        return predict(self.model, table, batch_size)
+        return predict(self.model, table, batch_size, precision=precision)
 
     def explain(
-        self, source: TableSource, batch_size: int = 16384
+        self, source: TableSource, batch_size: int = SCORE_BATCH_SIZE, precision: str = "fp32"
     ) -> dict[str, NDArray[np.float32]]:
         """Each row's wide and deep logit contributions (they sum to the joint logit)."""
         table, _ = self.encode(source, with_labels=False)
-        wide, deep = predict_parts(self.model, table, batch_size)
+        wide, deep = predict_parts(self.model, table, batch_size, precision=precision)
         return {"wide_logit": wide, "deep_logit": deep}
 
-    def evaluate(self, source: TableSource, batch_size: int = 16384) -> dict[str, float]:
+    def evaluate(
+        self, source: TableSource, batch_size: int = SCORE_BATCH_SIZE, precision: str = "fp32"
+    ) -> dict[str, float]:
         """The objective's metrics on a labelled table."""
         table, _ = self.encode(source, with_labels=True)
         assert table.labels is not None
-        predictions = predict(self.model, table, batch_size)
+        predictions = predict(self.model, table, batch_size, precision=precision)
         return evaluate_predictions(table.labels.numpy(), predictions, self.model.objective)
 
     def predict_frame(
-        self, source: TableSource, column: str = "score", batch_size: int = 16384
+        self,
+        source: TableSource,
+        column: str = "score",
+        batch_size: int = SCORE_BATCH_SIZE,
+        precision: str = "fp32",
     ) -> pl.DataFrame:
         """The input table with a ``column`` of scores added (other columns kept as they are)."""
         frame = self.preprocessor.read(source)
@@ -138,7 +150,7 @@ class Bundle:
             raise SchemaError(
                 f"{describe_source(source)} already has a column '{column}'; choose another name"
             )
-        scores = self.predict(frame, batch_size)
+        scores = self.predict(frame, batch_size, precision)
         return frame.with_columns(pl.Series(column, scores))
 
 

@@ -24,6 +24,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+PRECISION_HELP = (
+    "fp32, or bf16 (auto: bf16 on a CPU with AMX) to run the deep part under bfloat16 "
+    "autocast, about 2x faster there"
+)
+
 OutputDir = Annotated[
     Path, typer.Option("--output", "-o", help="Run directory to write (created if missing).")
 ]
@@ -141,6 +146,9 @@ def evaluate(
     k: Annotated[int, typer.Option("-k", help="With --ranking: the cut-off K.")] = 10,
     negatives: Annotated[int, typer.Option(help="With --protocol sampled: negatives.")] = 99,
     seed: Annotated[int, typer.Option(help="With --protocol sampled: sampling seed.")] = 0,
+    precision: Annotated[
+        str, typer.Option(help=PRECISION_HELP + "; --ranking scores in fp32.")
+    ] = "fp32",
 ) -> None:
     """Score a labelled table and print its metrics (AUC, logloss, ...), or with --ranking,
     rank items for the test users beside a popularity baseline.
@@ -151,10 +159,14 @@ def evaluate(
     --users users.parquet --train runs/app/interactions/train.parquet -k 10
     """
     from widedeep.bundle import load_bundle
+    from widedeep.precision import check_precision
 
+    check_precision(precision, "--precision")
+    if ranking and precision != "fp32":
+        raise ConfigError(f"--precision {precision} applies to row scoring; --ranking is fp32")
     loaded = load_bundle(bundle)
     if not ranking:
-        metrics = loaded.evaluate(data)
+        metrics = loaded.evaluate(data, precision=precision)
         if as_json:
             typer.echo(json.dumps(_strict_json(metrics)))
         else:
@@ -254,15 +266,18 @@ def predict(
         Path, typer.Option("--output", "-o", help="Where to write: .parquet or .csv.")
     ],
     column: Annotated[str, typer.Option(help="Name of the added score column.")] = "score",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP + ".")] = "fp32",
 ) -> None:
     """Add a score column to DATA (other columns kept) and write it to OUTPUT.
 
     Example: widedeep predict runs/adult/bundle new.csv --output scored.parquet
     """
     from widedeep.bundle import load_bundle
+    from widedeep.precision import check_precision
     from widedeep.tables import write_table
 
-    frame = load_bundle(bundle).predict_frame(data, column=column)
+    check_precision(precision, "--precision")
+    frame = load_bundle(bundle).predict_frame(data, column=column, precision=precision)
     write_table(frame, output)
     typer.echo(f"wrote {frame.height} rows to {output}")
 
@@ -355,6 +370,7 @@ def serve(
     ] = None,
     timeout: Annotated[float | None, typer.Option(help="Per-request timeout, seconds.")] = None,
     micro_batch: Annotated[int | None, typer.Option(help="Rows per micro-batch.")] = None,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP + " in /v1/score.")] = "fp32",
 ) -> None:
     """Answer HTTP scoring and recommendation requests from BUNDLE (needs widedeep\\[serve]).
 
@@ -371,6 +387,7 @@ def serve(
             "max_concurrency": max_concurrency,
             "request_timeout_s": timeout,
             "micro_batch": micro_batch,
+            "precision": precision,
         }.items()
         if value is not None
     }

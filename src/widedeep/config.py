@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from widedeep.config_base import Record, read_yaml, validate_model
 from widedeep.errors import ConfigError
 from widedeep.features.schema import FeatureSchema
+from widedeep.inference import SCORE_BATCH_SIZE
 from widedeep.model.deep import ACTIVATIONS
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -158,7 +159,7 @@ class TrainConfig(Record):
 
     epochs: Annotated[int, Field(ge=1)] = 10
     batch_size: Annotated[int, Field(ge=1)] = 1024
-    eval_batch_size: Annotated[int, Field(ge=1)] = 16384
+    eval_batch_size: Annotated[int, Field(ge=1)] = SCORE_BATCH_SIZE
     seed: int = 0
     device: str = "auto"
     threads: Annotated[int, Field(ge=1)] | None = None

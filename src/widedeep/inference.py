@@ -8,24 +8,42 @@ from numpy.typing import NDArray
 
 from widedeep.data.tensors import TensorTable
 from widedeep.model.widedeep import WideDeep
+from widedeep.precision import mixed_precision
+
+# Rows scored per batch by default. On the 2-core CPU, scoring the benchmark's 200k test rows
+# ran 4-17% faster in batches of 4096 than of 16384 (three processes, 7-11 alternating rounds
+# each): a batch's looked-up inputs and hidden layers then stay in the cache between layers.
+SCORE_BATCH_SIZE = 4096
 
 
 @torch.no_grad()
 def predict_parts(
-    model: WideDeep, table: TensorTable, batch_size: int = 16384, device: str | torch.device = "cpu"
+    model: WideDeep,
+    table: TensorTable,
+    batch_size: int = SCORE_BATCH_SIZE,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """The wide and deep contributions to the joint logit, each (N,)."""
+    """The wide and deep contributions to the joint logit, each (N,).
+
+    ``precision``: ``fp32`` (the default), or ``bf16`` to run the deep part's hidden layers
+    under bfloat16 autocast as training's ``train.precision: bf16`` does (about 2x faster on a
+    CPU with AMX, probabilities within a few 1e-3), or ``auto`` (bf16 on such a CPU).
+    """
+    where = torch.device(device)
+    autocast = mixed_precision(where, precision)  # checks ``precision`` before any work
     was_training = model.training
     model.eval()
     wide_parts, deep_parts = [], []
     try:
-        placed = table.place(device)
+        placed = table.place(where)
         model.check_inputs(placed.slice(0, len(placed)))  # once for all rows, not per batch
         # Parts stay on the device until the end: one copy back, no sync per batch.
-        for batch in placed.batches(batch_size):
-            wide, deep = model.parts(batch.to(device, non_blocking=True), checked=True)
-            wide_parts.append(wide.float())
-            deep_parts.append(deep.float())
+        with autocast:
+            for batch in placed.batches(batch_size):
+                wide, deep = model.parts(batch.to(where, non_blocking=True), checked=True)
+                wide_parts.append(wide.float())
+                deep_parts.append(deep.float())
     finally:
         model.train(was_training)
     if not wide_parts:
@@ -35,10 +53,15 @@ def predict_parts(
 
 
 def predict(
-    model: WideDeep, table: TensorTable, batch_size: int = 16384, device: str | torch.device = "cpu"
+    model: WideDeep,
+    table: TensorTable,
+    batch_size: int = SCORE_BATCH_SIZE,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> NDArray[np.float32]:
-    """Probabilities (binary) or predictions (regression), (N,)."""
-    wide, deep = predict_parts(model, table, batch_size, device)
+    """Probabilities (binary) or predictions (regression), (N,); ``precision`` as for
+    ``predict_parts``."""
+    wide, deep = predict_parts(model, table, batch_size, device, precision)
     logits = torch.from_numpy(wide + deep)
     if model.objective == "binary":
         return torch.sigmoid(logits).numpy()

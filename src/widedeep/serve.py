@@ -7,9 +7,10 @@
 
 Scores take the library's path (``Bundle.encode`` + ``predict_parts``; ``PairScorer`` for
 items) in micro-batches of ``micro_batch`` rows on ``threads`` threads, the paper's latency
-trick, and equal ``bundle.predict(frame, batch_size=micro_batch)`` bit for bit (so
-``bundle.predict(frame)`` when a request fits in one micro-batch). A client's mistake is a 4xx
-``{"error": {"message": ..., "field": ...}}``; load over the limit is an immediate 503.
+trick, and equal ``bundle.predict(frame, batch_size=micro_batch, precision=precision)`` bit
+for bit (so ``bundle.predict(frame)`` when a request fits in one micro-batch). A client's
+mistake is a 4xx ``{"error": {"message": ..., "field": ...}}``; load over the limit is an
+immediate 503.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from widedeep.errors import ConfigError, SchemaError
 from widedeep.features.preprocessor import SideTable
 from widedeep.features.schema import FeatureSchema
 from widedeep.inference import predict_parts
+from widedeep.precision import PRECISIONS
 from widedeep.recommend import Catalog, PairScorer, Retrieval, encode_users, load_catalog, retrieve
 from widedeep.tables import TableSource
 
@@ -69,14 +71,22 @@ class ServeSettings:
     threads: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     micro_batch: int = 512  # rows per micro-batch; a request's batches run on `threads`
     default_k: int = 10
+    # The deep part's precision in /v1/score (``fp32``, ``bf16``, ``auto``), as ``predict``'s
+    # ``precision``; top-K scoring is float32 either way.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         bad = [
             f"{f.name} must be a positive {'number' if f.type == 'float' else 'integer'}, got {v!r}"
             for f in fields(self)
-            if type(v := getattr(self, f.name)) not in (int, float if f.type == "float" else int)
-            or v <= 0
+            if f.type != "str"
+            and (
+                type(v := getattr(self, f.name)) not in (int, float if f.type == "float" else int)
+                or v <= 0
+            )
         ]
+        if self.precision not in PRECISIONS:
+            bad.append(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if not bad and self.default_k > self.max_candidates:
             bad.append(f"default_k {self.default_k} exceeds max_candidates {self.max_candidates}")
         if bad:
@@ -263,6 +273,7 @@ class Metadata(BaseModel):
     versions: dict[str, str]
     created_utc: str | None
     metrics: dict[str, Any]
+    precision: str
 
 
 class Health(BaseModel):
@@ -415,7 +426,10 @@ class _Service:
         longer than a request may, so it is paid here, at startup."""
         frame = pl.DataFrame([c.series([_BLANK[c.type]]) for c in self.columns])
         table, _ = self.bundle.encode(frame, with_labels=False)
-        inference.predict_parts(self.bundle.model, table, self.settings.micro_batch)
+        settings = self.settings
+        inference.predict_parts(
+            self.bundle.model, table, settings.micro_batch, precision=settings.precision
+        )
 
     async def run(self, work: Callable[[], T]) -> T:
         """``work`` on a request thread if a slot is free (else 503), within the timeout."""
@@ -469,7 +483,10 @@ class _Service:
                 table.ids[a:b], tuple(m[a:b] for m in table.multi_ids), table.dense[a:b], None
             )
 
-        parts = self.batched(n, lambda a, b: predict_parts(model, part(a, b), size))
+        precision = self.settings.precision
+        parts = self.batched(
+            n, lambda a, b: predict_parts(model, part(a, b), size, precision=precision)
+        )
         wide, deep = (np.concatenate([p[i] for p in parts]) for i in (0, 1))
         # Joined over the whole request as ``predict`` joins its batches: the last bit of an
         # elementwise op can depend on an element's position (in a SIMD body or tail).
@@ -585,6 +602,7 @@ class _Service:
             },
             "created_utc": manifest.get("created_utc"),
             "metrics": _json_safe(manifest.get("metrics", {})),
+            "precision": self.settings.precision,
         }
 
 
@@ -726,7 +744,9 @@ def serve(
     unknown = sorted(set(settings) - {f.name for f in fields(ServeSettings)} - {"threads"})
     if unknown:
         raise ConfigError(f"unknown serve setting(s) {unknown}; see widedeep.serve.ServeSettings")
-    options = ServeSettings(**settings, **({} if threads is None else {"threads": threads}))
+    if threads is not None:
+        settings["threads"] = threads
+    options = ServeSettings(**settings)
     # The micro-batch threads are the parallelism; each torch op gets the cores left over.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // options.threads))
     app = build_app(load_bundle(bundle_dir), options, users=users)

@@ -28,7 +28,7 @@ from fixtures_train import (
 from widedeep.config import RunConfig, TrainConfig, load_config
 from widedeep.errors import ConfigError, WideDeepError
 from widedeep.optim import FTRL, LazyAdagrad, LazyAdam
-from widedeep.training.loop import EarlyStopping, TrainResult, resolve_precision, train
+from widedeep.training.loop import EarlyStopping, TrainResult, train
 from widedeep.training.optimizers import build_optimizers
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -109,19 +109,6 @@ def test_bf16_training_learns_what_fp32_training_learns(
         bf16.model.state_dict()["deep.head.weight"],
         fp32.model.state_dict()["deep.head.weight"],  # type: ignore[union-attr]
     )
-
-
-def test_auto_precision_is_bf16_only_on_a_cpu_with_amx(monkeypatch: pytest.MonkeyPatch) -> None:
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    for explicit in ("fp32", "bf16"):
-        assert resolve_precision(cpu, explicit) == resolve_precision(cuda, explicit) == explicit
-    assert resolve_precision(cuda, "auto") == "fp32"
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert resolve_precision(cpu, "auto") == "bf16"
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert resolve_precision(cpu, "auto") == "fp32"
-    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
-    assert resolve_precision(cpu, "auto") == "fp32"
 
 
 def test_run_directory_holds_bundle_metrics_config_and_plots(

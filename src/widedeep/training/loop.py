@@ -45,6 +45,7 @@ from widedeep.inference import predict
 from widedeep.metrics import calibration
 from widedeep.model.widedeep import WideDeep
 from widedeep.plots import plot_history, plot_reliability
+from widedeep.precision import mixed_precision, resolve_precision
 from widedeep.retrieval import ItemCooccurrence, MostPopular
 from widedeep.training import distributed
 from widedeep.training.checkpoint import (
@@ -90,26 +91,6 @@ def seed_everything(seed: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator
-
-
-def resolve_precision(device: torch.device, precision: str) -> str:
-    """``train.precision`` made concrete: ``auto`` is bf16 on a CPU with AMX, else fp32."""
-    if precision != "auto":
-        return precision
-    if device.type != "cpu":
-        return "fp32"
-    try:
-        native_bf16 = bool(torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):  # a torch without the probe: assume none
-        native_bf16 = False
-    return "bf16" if native_bf16 else "fp32"
-
-
-def mixed_precision(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """The context a training forward pass runs in: bfloat16 autocast for ``bf16``."""
-    if resolve_precision(device, precision) == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,0 +1,44 @@
+"""The precision the deep part's matrix products run in: float32, or bfloat16 autocast.
+
+Training (``train.precision``) and scoring (``precision=`` of ``predict`` and its callers)
+name it the same way: ``fp32``, ``bf16`` or ``auto`` (bf16 on a CPU with AMX, else fp32).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Literal, get_args
+
+import torch
+
+from widedeep.errors import ConfigError
+
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+def check_precision(precision: str, what: str = "precision") -> None:
+    """A clear error for a precision outside ``PRECISIONS``, naming the setting."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{what} must be one of {list(PRECISIONS)}, got {precision!r}")
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``precision`` made concrete: ``auto`` is bf16 on a CPU with AMX, else fp32."""
+    check_precision(precision)
+    if precision != "auto":
+        return precision
+    if device.type != "cpu":
+        return "fp32"
+    try:
+        native_bf16 = bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # a torch without the probe: assume none
+        native_bf16 = False
+    return "bf16" if native_bf16 else "fp32"
+
+
+def mixed_precision(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The context a forward pass runs in: bfloat16 autocast for ``bf16``, else nothing."""
+    if resolve_precision(device, precision) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
