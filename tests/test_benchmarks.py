@@ -1,9 +1,11 @@
 """The benchmark's own helpers: which columns every runner reads as features, the Adult table
-it benchmarks on, the model config it builds from a file, and its per-epoch quality table."""
+it benchmarks on, the model config it builds from a file, its per-epoch quality table and
+its report; and the scoring profile runs."""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -109,3 +111,17 @@ def test_the_table_reports_opt_in_bf16_scoring_against_fp32_and_the_bare_forward
         "test AUC 0.7399 (fp32: 0.7400)"
     ) in text
     assert "inference 2.0x (peer)" in text
+
+
+def test_the_scoring_profile_times_predict_its_pieces_and_the_bare_forward(
+    adult_files: tuple[Path, Path],
+) -> None:
+    train, test = adult_files
+    command = [sys.executable, str(BENCHMARKS / "profile_scoring.py"), "--train", str(train),
+               "--test", str(test), "--rounds", "1", "--threads", "1"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for line in ("predict fp32", "predict bf16", "bare forward fp32", "deep lookup", "wide part"):
+        assert f"  {line} " in done.stdout
+    assert "of the bare forward's rate, and" in done.stdout
+    assert "aten::addmm" in done.stdout  # torch.profiler's table of operators

@@ -164,9 +164,10 @@ class TrainConfig(Record):
     device: str = "auto"
     threads: Annotated[int, Field(ge=1)] | None = None
     # "bf16": the deep part's hidden layers train under bfloat16 autocast (the weights, the
-    # optimizer state, the output layer and scoring stay float32). Fast where the hardware
-    # multiplies bf16 natively, slow elsewhere. "auto": bf16 on a CPU with AMX (measured
-    # there: the same test AUC, 1.2x the samples/s), fp32 on other CPUs and on CUDA.
+    # optimizer state and the output layer stay float32; so does scoring, unless asked).
+    # Fast where the hardware multiplies bf16 natively, slow elsewhere. "auto": bf16 on a
+    # CPU with AMX (measured there: the same test AUC, 1.2x the samples/s), fp32 on other
+    # CPUs and on CUDA.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     wide_optimizer: OptimizerConfig = OptimizerConfig(name="ftrl", lr=0.1, l1=1e-4, l2=1e-4)
     deep_optimizer: OptimizerConfig = OptimizerConfig(name="adagrad", lr=0.05)

@@ -1,0 +1,117 @@
+"""Where widedeep's scoring spends its time, on the benchmark's Criteo-shaped test rows.
+
+    .venv/bin/python benchmarks/profile_scoring.py \
+        --train bench-scratch/data/ctr-1000000-200000-0/train.parquet \
+        --test bench-scratch/data/ctr-1000000-200000-0/test.parquet
+
+Fits the benchmark's preprocessor on the training rows and builds its model through the
+library (untrained: the work per row does not depend on the weights' values), then times,
+in alternating rounds in this process, over the test rows in the benchmark's batches:
+``predict`` in fp32 and in bf16, the bare MLP's forward pass on random inputs of the same
+width (fp32 and bf16), and the pieces of a scoring batch on their own (the deep part's
+lookup, the wide part, the MLP with its output layer on one batch's input over and over, as
+the bare forward reads its one random input). Then torch.profiler's top operators of
+``predict``. This is the profile the performance notes quote for scoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import polars as pl
+import torch
+from limits import mlp
+from run_widedeep import INFER_BATCH, add_model_arguments, criteo_config
+from torch.profiler import ProfilerActivity, profile
+
+from widedeep.bundle import build_model
+from widedeep.data.batch import Batch
+from widedeep.data.tensors import TensorTable
+from widedeep.features.preprocessor import Preprocessor
+from widedeep.inference import predict
+from widedeep.model.deep import Deep
+from widedeep.model.gather import gather_fields
+from widedeep.precision import mixed_precision
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--test", required=True)
+    parser.add_argument("--rounds", type=int, default=7)
+    add_model_arguments(parser)
+    args = parser.parse_args()
+    args.epochs = 1
+    if args.device != "cpu":
+        parser.error("this profile times CPU scoring; use --device cpu")
+    torch.set_num_threads(args.threads)
+    config = criteo_config(args, args.train, args.test)
+    preprocessor = Preprocessor(config.feature_schema)
+    preprocessor.fit(pl.read_parquet(args.train))
+    table = TensorTable.from_encoded(preprocessor.transform(pl.read_parquet(args.test)))
+    model = build_model(config, preprocessor, sparse_gradients=False).eval()
+    deep, wide = model.deep, model.wide
+    assert deep is not None and wide is not None and deep.fused
+    cpu = torch.device("cpu")
+    width = deep.first_layer.in_features
+    bare = mlp(width, [int(h) for h in args.hidden.split(",")]).eval()
+    inputs = torch.randn(INFER_BATCH, width)
+    batches = list(table.batches(INFER_BATCH))
+    first_input = lookup(deep, batches[0])
+
+    def each_batch(work: Callable[[Batch], object]) -> None:
+        for batch in batches:
+            work(batch)  # each result dropped at once, as in ``predict``: memory is reused
+
+    def bare_forward(precision: str) -> None:
+        with mixed_precision(cpu, precision):
+            for _ in batches:
+                bare(inputs)
+
+    work: dict[str, Callable[[], object]] = {
+        "predict fp32": lambda: predict(model, table, INFER_BATCH),
+        "predict bf16": lambda: predict(model, table, INFER_BATCH, precision="bf16"),
+        "bare forward fp32": lambda: bare_forward("fp32"),
+        "bare forward bf16": lambda: bare_forward("bf16"),
+        "  deep lookup": lambda: each_batch(lambda batch: lookup(deep, batch)),
+        "  wide part": lambda: each_batch(lambda batch: wide(batch.ids)),
+        # one batch's real input over and over, as the bare forward reads its random one
+        "  MLP + output fp32": lambda: each_batch(lambda _: deep._output(deep.mlp(first_input))),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in work}
+    with torch.no_grad():
+        for round_ in range(args.rounds + 1):  # the first round warms every path up
+            for name, run in work.items():
+                start = time.perf_counter()
+                run()
+                if round_:
+                    seconds[name].append(time.perf_counter() - start)
+    rows = len(table)
+    print(f"scoring {rows:,} rows in batches of {INFER_BATCH}, medians of {args.rounds} rounds:")
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        print(f"  {name:<20} {median * 1e3:7.1f} ms  {median / rows * 1e6:6.3f} us/row  "
+              f"{rows / median:>11,.0f} rows/s")  # fmt: skip
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    pieces = sum(v for name, v in median.items() if name.startswith("  "))
+    print(f"predict fp32 = {median['bare forward fp32'] / median['predict fp32']:.0%} of the "
+          f"bare forward's rate, and {median['predict fp32'] / pieces:.2f}x the time of its "
+          f"pieces run apart ({pieces * 1e3:.1f} ms)")  # fmt: skip
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        predict(model, table, INFER_BATCH)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+def lookup(deep: Deep, batch: Batch) -> torch.Tensor:
+    """The deep part's input for one batch: every field's embedding and the dense columns."""
+    return gather_fields(
+        deep.fused_table, batch.ids, deep.fused_columns, deep.fused_offsets, batch.dense
+    )
+
+
+if __name__ == "__main__":
+    main()
