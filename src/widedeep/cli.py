@@ -26,7 +26,7 @@ app = typer.Typer(
 
 PRECISION_HELP = (
     "fp32, or bf16 (auto: bf16 on a CPU with AMX) to run the deep part under bfloat16 "
-    "autocast, about 2x faster there"
+    "autocast, 1.6-1.8x faster there"
 )
 
 OutputDir = Annotated[
@@ -161,12 +161,12 @@ def evaluate(
     from widedeep.bundle import load_bundle
     from widedeep.precision import check_precision
 
-    check_precision(precision, "--precision")
-    if ranking and precision != "fp32":
-        raise ConfigError(f"--precision {precision} applies to row scoring; --ranking is fp32")
+    chosen = check_precision(precision, "--precision")
+    if ranking and chosen != "fp32":
+        raise ConfigError(f"--precision {chosen} applies to row scoring; --ranking is fp32")
     loaded = load_bundle(bundle)
     if not ranking:
-        metrics = loaded.evaluate(data, precision=precision)
+        metrics = loaded.evaluate(data, precision=chosen)
         if as_json:
             typer.echo(json.dumps(_strict_json(metrics)))
         else:
@@ -276,8 +276,8 @@ def predict(
     from widedeep.precision import check_precision
     from widedeep.tables import write_table
 
-    check_precision(precision, "--precision")
-    frame = load_bundle(bundle).predict_frame(data, column=column, precision=precision)
+    chosen = check_precision(precision, "--precision")
+    frame = load_bundle(bundle).predict_frame(data, column=column, precision=chosen)
     write_table(frame, output)
     typer.echo(f"wrote {frame.height} rows to {output}")
 

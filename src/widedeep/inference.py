@@ -8,11 +8,12 @@ from numpy.typing import NDArray
 
 from widedeep.data.tensors import TensorTable
 from widedeep.model.widedeep import WideDeep
-from widedeep.precision import mixed_precision
+from widedeep.precision import Precision, mixed_precision
 
 # Rows scored per batch by default. On the 2-core CPU, scoring the benchmark's 200k test rows
 # ran 4-17% faster in batches of 4096 than of 16384 (three processes, 7-11 alternating rounds
-# each): a batch's looked-up inputs and hidden layers then stay in the cache between layers.
+# each; not profiled, likely the caches: the MLP's input is 7 MB at 4096 rows, 28 MB at
+# 16384, and each core has 2 MB of L2).
 SCORE_BATCH_SIZE = 4096
 
 
@@ -22,13 +23,14 @@ def predict_parts(
     table: TensorTable,
     batch_size: int = SCORE_BATCH_SIZE,
     device: str | torch.device = "cpu",
-    precision: str = "fp32",
+    precision: Precision = "fp32",
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """The wide and deep contributions to the joint logit, each (N,).
 
     ``precision``: ``fp32`` (the default), or ``bf16`` to run the deep part's hidden layers
-    under bfloat16 autocast as training's ``train.precision: bf16`` does (about 2x faster on a
-    CPU with AMX, probabilities within a few 1e-3), or ``auto`` (bf16 on such a CPU).
+    under bfloat16 autocast as training's ``train.precision: bf16`` does (1.6-1.8x faster in
+    the benchmark, on a CPU with AMX; probabilities within a few 1e-3), or ``auto`` (bf16 on
+    such a CPU, else fp32).
     """
     where = torch.device(device)
     autocast = mixed_precision(where, precision)  # checks ``precision`` before any work
@@ -57,7 +59,7 @@ def predict(
     table: TensorTable,
     batch_size: int = SCORE_BATCH_SIZE,
     device: str | torch.device = "cpu",
-    precision: str = "fp32",
+    precision: Precision = "fp32",
 ) -> NDArray[np.float32]:
     """Probabilities (binary) or predictions (regression), (N,); ``precision`` as for
     ``predict_parts``."""

@@ -7,7 +7,7 @@ name it the same way: ``fp32``, ``bf16`` or ``auto`` (bf16 on a CPU with AMX, el
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import torch
 
@@ -17,10 +17,11 @@ Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
-def check_precision(precision: str, what: str = "precision") -> None:
-    """A clear error for a precision outside ``PRECISIONS``, naming the setting."""
+def check_precision(precision: str, what: str = "precision") -> Precision:
+    """``precision`` as a ``Precision``, or a clear error naming the setting ``what``."""
     if precision not in PRECISIONS:
         raise ConfigError(f"{what} must be one of {list(PRECISIONS)}, got {precision!r}")
+    return cast(Precision, precision)
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:

@@ -39,7 +39,7 @@ from widedeep.errors import ConfigError, SchemaError
 from widedeep.features.preprocessor import SideTable
 from widedeep.features.schema import FeatureSchema
 from widedeep.inference import predict_parts
-from widedeep.precision import PRECISIONS
+from widedeep.precision import PRECISIONS, Precision
 from widedeep.recommend import Catalog, PairScorer, Retrieval, encode_users, load_catalog, retrieve
 from widedeep.tables import TableSource
 
@@ -73,13 +73,13 @@ class ServeSettings:
     default_k: int = 10
     # The deep part's precision in /v1/score (``fp32``, ``bf16``, ``auto``), as ``predict``'s
     # ``precision``; top-K scoring is float32 either way.
-    precision: str = "fp32"
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         bad = [
             f"{f.name} must be a positive {'number' if f.type == 'float' else 'integer'}, got {v!r}"
             for f in fields(self)
-            if f.type != "str"
+            if f.type in ("int", "float")
             and (
                 type(v := getattr(self, f.name)) not in (int, float if f.type == "float" else int)
                 or v <= 0
