@@ -169,6 +169,10 @@ class TrainConfig(Record):
     # CPU with AMX (measured there: the same test AUC, 1.2x the samples/s), fp32 on other
     # CPUs and on CUDA.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # torch.compile (inductor) of the deep part's MLP, for training and for scoring the
+    # trained model. Off by default: on the 2-core CPU the compiled MLP's training step was
+    # no faster than eager (see README, Measured) and compiling takes seconds per process.
+    compile: bool = False
     wide_optimizer: OptimizerConfig = OptimizerConfig(name="ftrl", lr=0.1, l1=1e-4, l2=1e-4)
     deep_optimizer: OptimizerConfig = OptimizerConfig(name="adagrad", lr=0.05)
     early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()

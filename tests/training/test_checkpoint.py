@@ -31,6 +31,7 @@ from widedeep.training.checkpoint import (
     CheckpointError,
     Position,
     RunState,
+    check_config,
     load_checkpoint,
     restore,
     save_checkpoint,
@@ -435,6 +436,24 @@ def test_a_config_that_changes_training_is_refused_by_key(
     assert "progress" not in message  # display settings may differ
     with pytest.raises(ConfigError, match=r"train\.epochs: .* into epoch 2, .* for 1"):
         train(run_config(base, ["train.epochs=1"]), folder, resume=True)
+
+
+def test_a_checkpoint_from_before_a_config_key_existed_resumes_with_its_default(
+    stopped_run: tuple[dict[str, Any], Path],
+) -> None:
+    """A newer widedeep adds config keys (``train.compile`` was one): a checkpoint written
+    without one compares as if it had the default, which trains as before; a real
+    difference is still refused."""
+    base, folder = stopped_run
+    checkpoint = load_checkpoint(folder)
+    del checkpoint.run.config["train"]["compile"]  # as an older widedeep wrote it
+    device = checkpoint.run.device
+    check_config(checkpoint, run_config(base), device)  # no error
+    with pytest.raises(ConfigError, match=r"train\.compile: the checkpoint has false"):
+        check_config(checkpoint, run_config(base, ["train.compile=true"]), device)
+    checkpoint.run.config["train"]["no_such_key"] = 1  # no longer a valid config: as saved
+    with pytest.raises(ConfigError, match=r"train\.no_such_key: the checkpoint has 1"):
+        check_config(checkpoint, run_config(base), device)
 
 
 def test_changed_training_data_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,8 +25,10 @@ from fixtures_train import (
     skip_plots,
     write_tables,
 )
+from widedeep.bundle import load_bundle
 from widedeep.config import RunConfig, TrainConfig, load_config
 from widedeep.errors import ConfigError, WideDeepError
+from widedeep.inference import predict
 from widedeep.optim import FTRL, LazyAdagrad, LazyAdam
 from widedeep.training.loop import EarlyStopping, TrainResult, train
 from widedeep.training.optimizers import build_optimizers
@@ -92,6 +94,31 @@ def test_each_part_learns_from_one_schema(
     assert result.test_metrics["auc"] > 0.7
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < losses[0]
+
+
+def test_compiled_mlp_trains_what_eager_trains_and_its_bundle_loads_eager(
+    base: dict[str, Any], tmp_path: Path, no_plots: None
+) -> None:
+    """``train.compile``: the MLP runs through torch.compile, in place, so the weights keep
+    their names and the bundle loads into a plain model that scores like the trained one."""
+    eager = run(base, tmp_path / "eager", "train.precision=fp32", "train.epochs=2")
+    compiled = run(
+        base, tmp_path / "compiled", "train.precision=fp32", "train.epochs=2", "train.compile=true"
+    )
+    assert compiled.model is not None and compiled.model.deep is not None
+    assert compiled.model.deep.mlp._compiled_call_impl is not None  # it did compile
+    assert eager.test_metrics is not None and compiled.test_metrics is not None
+    assert abs(compiled.test_metrics["auc"] - eager.test_metrics["auc"]) < 0.005
+    assert eager.model is not None
+    assert compiled.model.state_dict().keys() == eager.model.state_dict().keys()
+    loaded = load_bundle(compiled.bundle_dir)
+    assert loaded.model.deep is not None and loaded.model.deep.mlp._compiled_call_impl is None
+    test_file = loaded.config.data.test
+    assert test_file is not None
+    table, _ = loaded.encode(test_file, with_labels=False)
+    np.testing.assert_allclose(
+        loaded.predict(test_file), predict(compiled.model, table), rtol=0, atol=1e-5
+    )
 
 
 def test_bf16_training_learns_what_fp32_training_learns(

@@ -551,7 +551,7 @@ def check_config(checkpoint: Checkpoint, config: RunConfig, device: str) -> None
     run = checkpoint.run
     problems = [
         f"{key}: the checkpoint has {_show(old)}, the config gives {_show(new)}"
-        for key, old, new in _differences(run.config, config.to_dict(), "")
+        for key, old, new in _differences(_with_defaults(run.config), config.to_dict(), "")
         if key not in FREE_KEYS
     ]
     saved, current = checkpoint.world_size, distributed.world_size()
@@ -608,6 +608,16 @@ def _raise_problems(folder: Path, problems: list[str]) -> None:
             f"cannot resume from {folder}: {count} difference{'s' if count != 1 else ''} "
             "that change training\n" + "\n".join(f"  - {p}" for p in problems)
         )
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with the keys added to ``RunConfig`` since it was written at
+    their defaults (which train as before), so that a newer widedeep resumes it; as saved
+    where it no longer validates (its differences are then reported key by key)."""
+    try:
+        return RunConfig.from_dict(saved).to_dict()
+    except ConfigError:
+        return saved
 
 
 def _differences(old: Any, new: Any, path: str) -> list[tuple[str, Any, Any]]:

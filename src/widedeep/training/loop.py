@@ -246,6 +246,10 @@ def _train(
         tqdm.write(plan.describe())
     check_memory(plan, device)  # before the tables exist: a clear refusal, not an OOM kill
     model = build_model(config, preprocessor, sparse_gradients=sparse).to(device)
+    if settings.compile and model.deep is not None:
+        # In place (nn.Module.compile): the state dict, checkpoints and bundle keep their
+        # names; the numba lookups stay outside the compiled graph.
+        model.deep.mlp.compile()
     warm_report = None
     if warm_start_from is not None and resumed is None:
         warm_report = warm_start(model, preprocessor, load_bundle(warm_start_from))
