@@ -84,6 +84,49 @@ def test_fused_lookup_and_its_gradient_equal_torchs(
     torch.testing.assert_close(fused_grad, torch_grad)
 
 
+@pytest.mark.parametrize("sparse", [True, False])
+def test_under_bf16_autocast_the_fused_lookup_writes_what_the_autocast_cast_would(
+    torch_ops: Callable[[bool], None], calls: dict[str, int], sparse: bool
+) -> None:
+    """The loop writes bfloat16 itself, rounded as autocast casts the float32 lookup (bit
+    for bit); a layer after it computes the same, and the table's gradient is the same."""
+    ids, columns, offsets = fields_and_ids()
+    dense = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    results = []
+    for fused in (True, False):
+        torch_ops(fused)
+        torch.manual_seed(0)
+        table, layer = torch.nn.Embedding(21, 4, sparse=sparse), torch.nn.Linear(14, 3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = gather_fields(table, ids, columns, offsets, dense)
+            hidden = layer(out)
+        hidden.float().pow(2).sum().backward()
+        assert table.weight.grad is not None and table.weight.grad.dtype == torch.float32
+        results.append((out.detach(), hidden.detach(), table.weight.grad.to_dense()))
+    assert calls["gather_fields_"] == 1
+    (fused_out, fused_hidden, fused_grad), (torch_out, torch_hidden, torch_grad) = results
+    assert fused_out.dtype == torch.bfloat16 and torch_out.dtype == torch.float32
+    cast = torch_out.to(torch.bfloat16)
+    assert torch.equal(fused_out.view(torch.int16), cast.view(torch.int16))
+    assert torch.equal(fused_hidden.view(torch.int16), torch_hidden.view(torch.int16))
+    torch.testing.assert_close(fused_grad, torch_grad)
+
+
+def test_the_bf16_lookup_rounds_special_values_as_torchs_cast() -> None:
+    """Rounding to nearest even, overflow to infinity, NaN and infinities as torch writes them."""
+    ids, columns, offsets = fields_and_ids()
+    table = torch.randn(21, 4) * torch.logspace(-30, 30, 4)
+    table[0] = torch.tensor([float("nan"), float("inf"), -float("inf"), 3.3895314e38])
+    table[1] = torch.tensor([1.0 + 2**-8, 1.0 + 3 * 2**-8, -(1.0 + 2**-8), 2**-130])
+    dense = torch.randn(64, 2)
+    dense[3, 1] = float("nan")
+    ids[:2, 0] = torch.tensor([0, 1])
+    exact, _ = kernels.gather_fields_(table, ids, columns, offsets, dense, False)
+    rounded, _ = kernels.gather_fields_(table, ids, columns, offsets, dense, False, True)
+    assert rounded.dtype == torch.bfloat16
+    assert torch.equal(rounded.view(torch.int16), exact.to(torch.bfloat16).view(torch.int16))
+
+
 def test_fused_lookup_reads_int32_ids(torch_ops: Callable[[bool], None]) -> None:
     ids, columns, offsets = fields_and_ids()
     table = torch.nn.Embedding(21, 3)

@@ -265,6 +265,41 @@ def _gather_fields(table, ids, columns, offsets, dense, out, rows, record):  # t
     return -1
 
 
+def _gather_fields_bf16(table, ids, columns, offsets, dense, out, rows, record):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """``_gather_fields`` writing bfloat16: ``table`` and ``dense`` are float32 read as
+    uint32, ``out`` is bfloat16 written as uint16. Each value is rounded to nearest even,
+    and NaN is 0xFFFF, as torch's vectorized float32 -> bfloat16 conversion (the one a bf16
+    autocast region casts with) writes them: ``out`` is bit for bit the cast of the float32
+    lookup, without that second pass over the batch."""
+    batch, fields = ids.shape[0], columns.shape[0]
+    width = table.shape[1]
+    tail = fields * width
+    for b in range(batch):
+        if b + GATHER_AHEAD < batch:
+            _prefetch_fields(table, ids, b + GATHER_AHEAD, columns, offsets)
+        for f in range(fields):
+            row = ids[b, columns[f]] + offsets[f]
+            if row < 0 or row >= table.shape[0]:
+                return b
+            if record:
+                rows[b, f] = row
+            source = table[row]
+            start = f * width
+            for d in range(width):
+                bits = source[d]
+                if (bits & 0x7FFFFFFF) > 0x7F800000:  # NaN
+                    out[b, start + d] = 0xFFFF
+                else:
+                    out[b, start + d] = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        for j in range(dense.shape[1]):
+            bits = dense[b, j]
+            if (bits & 0x7FFFFFFF) > 0x7F800000:
+                out[b, tail + j] = 0xFFFF
+            else:
+                out[b, tail + j] = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return -1
+
+
 def _sum_fields(table, ids, columns, offsets, out, rows, record):  # type: ignore[no-untyped-def]  # pragma: no cover
     """``out[b] += sum_f table[ids[b, columns[f]] + offsets[f], 0]`` (a one-column table: a
     linear model's weights), the rows as ``_gather_fields`` records them. Returns the first
@@ -286,11 +321,12 @@ def _sum_fields(table, ids, columns, offsets, out, rows, record):  # type: ignor
 
 
 # One thread: split over two, lookups were slower in place, in training steps and in scoring
-# (numba's threads wait for the cores torch's threads hold between its operators). The two
+# (numba's threads wait for the cores torch's threads hold between its operators). The
 # lookup loops repeat their first lines on purpose: that step as a compiled helper, called
 # per field, made them 2.5x (gather) and 10x (sum) slower.
 _prefetch_fields = compiled(_prefetch_fields)
 _gather_fields = compiled(_gather_fields)
+_gather_fields_bf16 = compiled(_gather_fields_bf16)
 _sum_fields = compiled(_sum_fields)
 
 
@@ -323,28 +359,36 @@ def gather_fields_(
     offsets: Tensor,
     dense: Tensor | None,
     record: bool = True,
+    bf16: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``(out, rows)``: each batch row's fields' table rows side by side, then ``dense``
     (B, F*D [+ D_dense]), and the table rows looked up (B, F), or an empty (0, F) without
-    ``record`` (scoring, which has no backward pass to feed)."""
+    ``record`` (scoring, which has no backward pass to feed). ``bf16``: ``out`` in bfloat16
+    (from a float32 table and dense columns), as a bf16 autocast region would cast it."""
     batch, fields, width = ids.shape[0], columns.shape[0], table.shape[1]
     extra = 0 if dense is None else dense.shape[1]
     _check_lookup(ids, columns)
     if dense is not None and (dense.dim() != 2 or dense.shape[0] != batch):
         raise ValueError(f"dense inputs of shape {tuple(dense.shape)} for {batch} rows of ids")
-    out = torch.empty((batch, fields * width + extra), dtype=table.dtype)
-    rows = _looked_up_rows(batch, fields, record)
-    no_dense = np.empty((batch, 0), dtype=np.float32)
-    arrays = (
-        _rows_view(table),
-        ids.numpy(),
-        columns.numpy(),
-        offsets.numpy(),
-        no_dense if dense is None else dense.numpy(),
-        out.numpy(),
-        rows.numpy(),
+    if bf16 and (
+        table.dtype != torch.float32 or (dense is not None and dense.dtype != torch.float32)
+    ):
+        raise ValueError("a bfloat16 lookup reads a float32 table and float32 dense inputs")
+    out = torch.empty(
+        (batch, fields * width + extra), dtype=torch.bfloat16 if bf16 else table.dtype
     )
-    _raise_if_outside(_gather_fields(*arrays, record), table)
+    rows = _looked_up_rows(batch, fields, record)
+    no_dense = torch.empty((batch, 0), dtype=torch.float32)
+    given = no_dense if dense is None else dense
+    if bf16:  # the loop reads float32 bits as uint32 and writes bfloat16 bits as uint16
+        values = _rows_view(table.view(torch.int32)).view(np.uint32)
+        inputs = given.view(torch.int32).numpy().view(np.uint32)
+        output = out.view(torch.int16).numpy().view(np.uint16)
+    else:
+        values, inputs, output = _rows_view(table), given.numpy(), out.numpy()
+    arrays = (values, ids.numpy(), columns.numpy(), offsets.numpy(), inputs, output, rows.numpy())
+    loop = _gather_fields_bf16 if bf16 else _gather_fields
+    _raise_if_outside(loop(*arrays, record), table)
     return out, rows
 
 

@@ -29,6 +29,7 @@ from widedeep.bundle import load_bundle
 from widedeep.config import RunConfig, TrainConfig, load_config
 from widedeep.errors import ConfigError, WideDeepError
 from widedeep.inference import predict
+from widedeep.model import gather
 from widedeep.optim import FTRL, LazyAdagrad, LazyAdam
 from widedeep.training.loop import EarlyStopping, TrainResult, train
 from widedeep.training.optimizers import build_optimizers
@@ -94,6 +95,35 @@ def test_each_part_learns_from_one_schema(
     assert result.test_metrics["auc"] > 0.7
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("deep", [["user", "item", "city", "price"], ["user", "city", "tags"]])
+def test_bf16_training_is_the_same_whether_the_lookup_or_autocast_rounds_to_bf16(
+    base: dict[str, Any],
+    tmp_path: Path,
+    no_plots: None,
+    monkeypatch: pytest.MonkeyPatch,
+    deep: list[str],
+) -> None:
+    """In bf16 the fused lookup writes the MLP's input in bfloat16 itself; the weights come
+    out bit for bit as when it writes float32 and autocast casts it. With one table for the
+    single-valued fields: their lookup and the dense columns alone, or beside a pooled
+    multi-valued field."""
+    base["schema"]["features"][2]["embedding_dim"] = 4  # city: every single field one size
+    base["schema"]["deep"] = deep
+    asked = []
+    original = gather._into_bf16_autocast
+
+    def recorded(table: Any, dense: Any) -> bool:
+        asked.append(original(table, dense))
+        return asked[-1]
+
+    monkeypatch.setattr(gather, "_into_bf16_autocast", recorded)
+    written = run(base, tmp_path / "written", "train.precision=bf16")
+    assert any(asked) and not all(asked)  # bf16 in training steps, float32 in scoring
+    monkeypatch.setattr(gather, "_into_bf16_autocast", lambda table, dense: False)
+    cast = run(base, tmp_path / "cast", "train.precision=bf16")
+    assert_same_weights(written, cast)
 
 
 def test_compiled_mlp_trains_what_eager_trains_and_its_bundle_loads_eager(

@@ -20,7 +20,8 @@ from widedeep import kernels
 class _Lookup(torch.autograd.Function):
     """The fused lookup (``summed``: of a one-column table, each batch row's terms summed),
     with the table's gradient as ``nn.Embedding`` gives it: sparse (one row per lookup,
-    duplicates not summed) or dense."""
+    duplicates not summed) or dense. ``bf16``: the output in bfloat16 (its gradient comes
+    back in bfloat16 and is widened to the table's float32)."""
 
     @staticmethod
     def forward(
@@ -33,19 +34,21 @@ class _Lookup(torch.autograd.Function):
         sparse: bool,
         summed: bool,
         record: bool,
+        bf16: bool,
     ) -> Tensor:
         if summed:
             out, rows = kernels.sum_fields_(weight, ids, columns, offsets, record)
         else:
-            out, rows = kernels.gather_fields_(weight, ids, columns, offsets, dense, record)
+            out, rows = kernels.gather_fields_(weight, ids, columns, offsets, dense, record, bf16)
         ctx.save_for_backward(rows)
-        ctx.table_shape, ctx.sparse, ctx.summed = weight.shape, sparse, summed
+        ctx.table_shape, ctx.table_dtype = weight.shape, weight.dtype
+        ctx.sparse, ctx.summed = sparse, summed
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         (rows,) = ctx.saved_tensors
-        unused: tuple[None, ...] = (None,) * 7
+        unused: tuple[None, ...] = (None,) * 8
         if not ctx.needs_input_grad[0]:
             return (None, *unused)
         width = ctx.table_shape[1]
@@ -53,6 +56,7 @@ class _Lookup(torch.autograd.Function):
             values = grad.unsqueeze(1).expand(rows.shape).reshape(-1, 1)
         else:
             values = grad[:, : rows.shape[1] * width].reshape(-1, width)
+        values = values.to(ctx.table_dtype)  # a bf16 lookup's gradient, widened
         flat = rows.reshape(-1)
         if ctx.sparse:
             table_grad = torch.sparse_coo_tensor(
@@ -89,11 +93,25 @@ def _records(table: nn.Embedding) -> bool:
     return torch.is_grad_enabled() and table.weight.requires_grad
 
 
+def _into_bf16_autocast(table: nn.Embedding, dense: Tensor | None) -> bool:
+    """Whether the lookup feeds a CPU bfloat16 autocast region, which would cast a float32
+    result to bfloat16 as its first step: the fused loop then writes bfloat16 itself."""
+    return (
+        torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and table.weight.dtype == torch.float32
+        and (dense is None or dense.dtype == torch.float32)
+    )
+
+
 def gather_fields(
     table: nn.Embedding, ids: Tensor, columns: Tensor, offsets: Tensor, dense: Tensor | None = None
 ) -> Tensor:
     """``table(ids[:, columns] + offsets)`` flattened to (B, F * D), with ``dense`` (B, K)
-    appended as K more columns when given."""
+    appended as K more columns when given. Inside a CPU bf16 autocast region the fused loop
+    returns it in bfloat16, rounded as the region's own cast would round it: in the
+    benchmark's bf16 training step (batch 1024, 7.4 ms) the cast and its gradient's took
+    0.27 ms, and steps ran 1.4-4.9% faster without them (paired rounds, 4 processes)."""
     fused = _fusable(table, ids) and (
         dense is None
         # its gradient is not computed: a dense input that needs one takes torch's ops
@@ -105,8 +123,9 @@ def gather_fields(
         )
     )
     if fused:
+        bf16 = _into_bf16_autocast(table, dense)
         return _Lookup.apply(
-            table.weight, ids, columns, offsets, dense, table.sparse, False, _records(table)
+            table.weight, ids, columns, offsets, dense, table.sparse, False, _records(table), bf16
         )
     rows = ids.index_select(1, columns) + offsets
     vectors = table(rows).flatten(1)
@@ -119,5 +138,7 @@ def sum_fields(table: nn.Embedding, ids: Tensor, columns: Tensor, offsets: Tenso
     may differ from torch's in the last bit (torch sums in another order)."""
     if _fusable(table, ids) and table.embedding_dim == 1:
         record = _records(table)
-        return _Lookup.apply(table.weight, ids, columns, offsets, None, table.sparse, True, record)
+        return _Lookup.apply(
+            table.weight, ids, columns, offsets, None, table.sparse, True, record, False
+        )
     return gather_fields(table, ids, columns, offsets).sum(dim=1)
