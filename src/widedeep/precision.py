@@ -17,10 +17,18 @@ Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
+def precision_problem(precision: object, what: str = "precision") -> str | None:
+    """What is wrong with ``precision`` as a setting named ``what``, or None if nothing."""
+    if precision in PRECISIONS:
+        return None
+    return f"{what} must be one of {list(PRECISIONS)}, got {precision!r}"
+
+
 def check_precision(precision: str, what: str = "precision") -> Precision:
     """``precision`` as a ``Precision``, or a clear error naming the setting ``what``."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"{what} must be one of {list(PRECISIONS)}, got {precision!r}")
+    problem = precision_problem(precision, what)
+    if problem is not None:
+        raise ConfigError(problem)
     return cast(Precision, precision)
 
 

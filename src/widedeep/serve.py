@@ -39,7 +39,7 @@ from widedeep.errors import ConfigError, SchemaError
 from widedeep.features.preprocessor import SideTable
 from widedeep.features.schema import FeatureSchema
 from widedeep.inference import predict_parts
-from widedeep.precision import PRECISIONS, Precision
+from widedeep.precision import Precision, precision_problem
 from widedeep.recommend import Catalog, PairScorer, Retrieval, encode_users, load_catalog, retrieve
 from widedeep.tables import TableSource
 
@@ -85,8 +85,8 @@ class ServeSettings:
                 or v <= 0
             )
         ]
-        if self.precision not in PRECISIONS:
-            bad.append(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if (problem := precision_problem(self.precision)) is not None:
+            bad.append(problem)
         if not bad and self.default_k > self.max_candidates:
             bad.append(f"default_k {self.default_k} exceeds max_candidates {self.max_candidates}")
         if bad:
