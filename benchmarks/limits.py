@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -64,6 +64,37 @@ def _rate(
             _sync(device)
         rates.append(count * samples / (time.perf_counter() - start))
     return statistics.median(rates)
+
+
+def bare_forward(
+    model: nn.Module, inputs: torch.Tensor, passes: int, device: torch.device, bf16: bool = False
+) -> None:
+    """``passes`` gradient-free forward passes of ``model`` on ``inputs``, under bfloat16
+    autocast with ``bf16`` (as widedeep's bf16 scoring runs), finished on the device."""
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        for _ in range(passes):
+            model(inputs)
+    _sync(device)
+
+
+def alternating_seconds(
+    work: Mapping[str, Callable[[], object]],
+    rounds: int,
+    warmup_rounds: int = 0,
+    device: torch.device = torch.device("cpu"),
+) -> dict[str, float]:
+    """Median seconds of each callable over ``rounds`` rounds that run them one after
+    another (after ``warmup_rounds`` untimed ones): on a machine whose speed drifts by 2x
+    within minutes, rates are only comparable when measured under the same conditions."""
+    seconds: dict[str, list[float]] = {name: [] for name in work}
+    for round_ in range(warmup_rounds + rounds):
+        for name, run in work.items():
+            start = time.perf_counter()
+            run()
+            _sync(device)
+            if round_ >= warmup_rounds:
+                seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 def bare_mlp_train_step(

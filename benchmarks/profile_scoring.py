@@ -17,13 +17,11 @@ the bare forward reads its one random input). Then torch.profiler's top operator
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import polars as pl
 import torch
-from limits import mlp
+from limits import alternating_seconds, bare_forward, mlp
 from run_widedeep import INFER_BATCH, add_model_arguments, criteo_config
 from torch.profiler import ProfilerActivity, profile
 
@@ -34,7 +32,6 @@ from widedeep.features.preprocessor import Preprocessor
 from widedeep.inference import predict
 from widedeep.model.deep import Deep
 from widedeep.model.gather import gather_fields
-from widedeep.precision import mixed_precision
 
 
 def main() -> None:
@@ -66,36 +63,23 @@ def main() -> None:
         for batch in batches:
             work(batch)  # each result dropped at once, as in ``predict``: memory is reused
 
-    def bare_forward(precision: str) -> None:
-        with mixed_precision(cpu, precision):
-            for _ in batches:
-                bare(inputs)
-
     work: dict[str, Callable[[], object]] = {
         "predict fp32": lambda: predict(model, table, INFER_BATCH),
         "predict bf16": lambda: predict(model, table, INFER_BATCH, precision="bf16"),
-        "bare forward fp32": lambda: bare_forward("fp32"),
-        "bare forward bf16": lambda: bare_forward("bf16"),
+        "bare forward fp32": lambda: bare_forward(bare, inputs, len(batches), cpu),
+        "bare forward bf16": lambda: bare_forward(bare, inputs, len(batches), cpu, True),
         "  deep lookup": lambda: each_batch(lambda batch: lookup(deep, batch)),
         "  wide part": lambda: each_batch(lambda batch: wide(batch.ids)),
         # one batch's real input over and over, as the bare forward reads its random one
         "  MLP + output fp32": lambda: each_batch(lambda _: deep._output(deep.mlp(first_input))),
     }
-    seconds: dict[str, list[float]] = {name: [] for name in work}
-    with torch.no_grad():
-        for round_ in range(args.rounds + 1):  # the first round warms every path up
-            for name, run in work.items():
-                start = time.perf_counter()
-                run()
-                if round_:
-                    seconds[name].append(time.perf_counter() - start)
+    with torch.no_grad():  # the first round warms every path up
+        median = alternating_seconds(work, args.rounds, warmup_rounds=1)
     rows = len(table)
     print(f"scoring {rows:,} rows in batches of {INFER_BATCH}, medians of {args.rounds} rounds:")
-    for name, values in seconds.items():
-        median = statistics.median(values)
-        print(f"  {name:<20} {median * 1e3:7.1f} ms  {median / rows * 1e6:6.3f} us/row  "
-              f"{rows / median:>11,.0f} rows/s")  # fmt: skip
-    median = {name: statistics.median(values) for name, values in seconds.items()}
+    for name, seconds in median.items():
+        print(f"  {name:<20} {seconds * 1e3:7.1f} ms  {seconds / rows * 1e6:6.3f} us/row  "
+              f"{rows / seconds:>11,.0f} rows/s")  # fmt: skip
     pieces = sum(v for name, v in median.items() if name.startswith("  "))
     print(f"predict fp32 = {median['bare forward fp32'] / median['predict fp32']:.0%} of the "
           f"bare forward's rate, and {median['predict fp32'] / pieces:.2f}x the time of its "

@@ -13,17 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import torch
-from limits import bare_mlp_train_step, mlp
+from limits import alternating_seconds, bare_forward, bare_mlp_train_step, mlp
 from peers.columns import LABEL, Columns
 
 import widedeep
@@ -122,24 +120,24 @@ def training_beside_bare(
         lr, where = settings.deep_optimizer.lr, str(device)
         return bare_mlp_train_step(width, hidden, settings.batch_size, lr, where, bf16)[1]
 
-    steps = {"ours": ours, "bare": bare_step(precision == "bf16"), "bare_fp32": bare_step(False)}
-    rates: dict[str, list[float]] = {name: [] for name in steps}
-    for round_ in range(TRAIN_ROUNDS + 1):  # the first round warms up (optimizer state)
-        for name, step in steps.items():
-            start = time.perf_counter()
+    def steps(step: Callable[[], None]) -> Callable[[], None]:
+        def round_of_steps() -> None:
             for _ in range(TRAIN_STEPS):
                 step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if round_:
-                rates[name].append(
-                    TRAIN_STEPS * settings.batch_size / (time.perf_counter() - start)
-                )
-    return {
-        "train_beside_samples_per_s": statistics.median(rates["ours"]),
-        "bare_train_samples_per_s": statistics.median(rates["bare"]),
-        "bare_train_fp32_samples_per_s": statistics.median(rates["bare_fp32"]),
-    }
+
+        return round_of_steps
+
+    seconds = alternating_seconds(
+        {
+            "train_beside_samples_per_s": steps(ours),
+            "bare_train_samples_per_s": steps(bare_step(precision == "bf16")),
+            "bare_train_fp32_samples_per_s": steps(bare_step(False)),
+        },
+        TRAIN_ROUNDS,
+        warmup_rounds=1,  # warms up the optimizers' state
+        device=device,
+    )
+    return {name: TRAIN_STEPS * settings.batch_size / s for name, s in seconds.items()}
 
 
 INFER_BATCH = 4096
@@ -160,29 +158,17 @@ def inference_beside_bare(
     inputs = torch.randn(INFER_BATCH, width, device=device)
     batches = -(-len(table) // INFER_BATCH)
 
-    def bare_forward(precision: str) -> None:
-        with torch.no_grad(), mixed_precision(device, precision):
-            for _ in range(batches):
-                bare(inputs)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     work = {
         "infer_samples_per_s": lambda: predict(model, table, INFER_BATCH, device),
         "infer_bf16_samples_per_s": lambda: predict(model, table, INFER_BATCH, device, "bf16"),
-        "bare_infer_samples_per_s": lambda: bare_forward("fp32"),
-        "bare_infer_bf16_samples_per_s": lambda: bare_forward("bf16"),
+        "bare_infer_samples_per_s": lambda: bare_forward(bare, inputs, batches, device),
+        "bare_infer_bf16_samples_per_s": lambda: bare_forward(bare, inputs, batches, device, True),
     }
+    seconds = alternating_seconds(work, INFER_ROUNDS, device=device)
     rows = {
         name: len(table) if name.startswith("infer") else batches * INFER_BATCH for name in work
     }
-    rates: dict[str, list[float]] = {name: [] for name in work}
-    for _ in range(INFER_ROUNDS):
-        for name, run in work.items():
-            start = time.perf_counter()
-            run()
-            rates[name].append(rows[name] / (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in rates.items()}
+    return {name: rows[name] / s for name, s in seconds.items()}
 
 
 def peak_rss_mb() -> float:
