@@ -66,6 +66,7 @@ from widedeep.bundle import PREPROCESSOR, WEIGHTS, load_bundle, package_version
 from widedeep.errors import BundleError, ConfigError, SchemaError
 from widedeep.features.layout import FeatureLayout
 from widedeep.features.preprocessor import EncodedTable, Preprocessor
+from widedeep.inference import SCORE_BATCH_SIZE
 from widedeep.manifest import check_files, file_entries, read_manifest
 from widedeep.model.widedeep import WideDeep
 from widedeep.tables import TableSource
@@ -432,9 +433,14 @@ class ExportedScorer:
         ids: NDArray[np.int64],
         dense: NDArray[np.float32],
         multi_ids: Sequence[NDArray[np.int64]] = (),
-        batch_size: int = 16384,
+        batch_size: int = SCORE_BATCH_SIZE,
     ) -> dict[str, FloatArray]:
-        """Run the program on encoded arrays, ``batch_size`` rows per call: output -> (N,)."""
+        """Run the program on encoded arrays, ``batch_size`` rows per call: output -> (N,).
+
+        The default is the library's scoring batch: on the 2-core CPU, ONNX Runtime scored the
+        benchmark's 200k test rows 1.10-1.31x faster in batches of 4096 than of 16384 (three
+        processes, 7 alternating rounds each); a pt2 program measured 0.95x and 1.57x.
+        """
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         n = int(ids.shape[0])
@@ -459,14 +465,14 @@ class ExportedScorer:
         return self.run(encoded.ids, encoded.dense, encoded.multi_ids, batch_size)
 
     def predict(
-        self, source: TableSource | Mapping[str, Any], batch_size: int = 16384
+        self, source: TableSource | Mapping[str, Any], batch_size: int = SCORE_BATCH_SIZE
     ) -> FloatArray:
         """Probabilities (binary) or predictions (regression), one per row of ``source``."""
         outputs = self._score(source, batch_size)
         return outputs[self.output_names[0]]
 
     def explain(
-        self, source: TableSource | Mapping[str, Any], batch_size: int = 16384
+        self, source: TableSource | Mapping[str, Any], batch_size: int = SCORE_BATCH_SIZE
     ) -> dict[str, FloatArray]:
         """Each row's wide and deep logit contributions (they sum to the joint logit)."""
         outputs = self._score(source, batch_size)
