@@ -121,7 +121,15 @@ def test_the_scoring_profile_times_predict_its_pieces_and_the_bare_forward(
                "--test", str(test), "--rounds", "1", "--threads", "1"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    for line in ("predict fp32", "predict bf16", "bare forward fp32", "deep lookup", "wide part"):
+    for line in (
+        "predict fp32",
+        "predict bf16",
+        "bare forward fp32",
+        "first layer apart",
+        "rest of deep part",
+        "wide part",
+        "fused lookup",
+    ):
         assert f"  {line} " in done.stdout
     assert "of the bare forward's rate, and" in done.stdout
     assert "aten::addmm" in done.stdout  # torch.profiler's table of operators

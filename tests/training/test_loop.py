@@ -120,7 +120,7 @@ def test_bf16_training_is_the_same_whether_the_lookup_or_autocast_rounds_to_bf16
 
     monkeypatch.setattr(gather, "_into_bf16_autocast", recorded)
     written = run(base, tmp_path / "written", "train.precision=bf16")
-    assert any(asked) and not all(asked)  # bf16 in training steps, float32 in scoring
+    assert any(asked)  # the bf16 lookup ran in training steps
     monkeypatch.setattr(gather, "_into_bf16_autocast", lambda table, dense: False)
     cast = run(base, tmp_path / "cast", "train.precision=bf16")
     assert_same_weights(written, cast)

@@ -204,10 +204,57 @@ class Deep(nn.Module):
                 raise ConfigError(f"the deep part expects {self.dense_dim} dense columns, got none")
             table = self.fused_table
             dense = dense if self.dense_dim else None  # columns it has no weights for
+            if self._scores_apart(ids, dense):
+                return self._after_first_layer(self._first_layer_apart(ids, dense))
             x = gather_fields(table, ids, self.fused_columns, self.fused_offsets, dense)
             return self._output(self.mlp(x))
         parts = [block for _, block in self._blocks(ids, multi_ids, dense)]
         return self._output(self.mlp(torch.cat(parts, dim=1)))
+
+    def _scores_apart(self, ids: Tensor, dense: Tensor | None) -> bool:
+        """Whether this forward pass takes ``_first_layer_apart``: scoring in float32 on CPU
+        (no gradient, no autocast), outside an export or compiler trace."""
+        table = self.fused_table
+        return (
+            not torch.is_grad_enabled()
+            and ids.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()
+            and table.max_norm is None
+            and table.weight.dtype == torch.float32
+            and (dense is None or dense.dtype == torch.float32)
+        )
+
+    def _first_layer_apart(self, ids: Tensor, dense: Tensor | None) -> Tensor:
+        """The first layer's output, bias included (B, H), computed without the MLP's input.
+
+        torch's ``index_select`` gathers the embeddings on torch's own threads, and the first
+        layer multiplies them and the dense columns apart: its weight's two column blocks,
+        two products added, where the fused lookup would copy both into one input first.
+        The sum equals the one product over the concatenation up to rounding (6e-8 in the
+        probabilities). On the 2-core CPU, ``predict`` over the benchmark's 200k test rows
+        ran 1.015-1.25x faster this way than through the fused one-thread lookup (five
+        processes, 11 alternating rounds each, paired medians; median 1.08x).
+        """
+        weight = self.fused_table.weight
+        rows = ids if self._all_columns(ids) else ids.index_select(1, self.fused_columns)
+        flat = (rows + self.fused_offsets).view(-1)
+        embedded = weight.index_select(0, flat).view(ids.shape[0], -1)
+        layer = self.first_layer
+        width = embedded.shape[1]
+        if dense is None:
+            return torch.nn.functional.linear(embedded, layer.weight, layer.bias)
+        dense_weight = layer.weight[:, width:].t()
+        if layer.bias is None:
+            out = dense.mm(dense_weight)
+        else:
+            out = torch.addmm(layer.bias, dense, dense_weight)
+        return out.addmm_(embedded, layer.weight[:, :width].t())
+
+    def _all_columns(self, ids: Tensor) -> bool:
+        """Whether the fused table's fields are all of ``ids``' columns, in order."""
+        return self.single_columns == list(range(ids.shape[1]))
 
     def _output(self, hidden: Tensor) -> Tensor:
         """(B, H) last hidden layer -> (B,) logit, in float32 even under bf16 autocast: a
