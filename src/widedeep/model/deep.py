@@ -199,7 +199,8 @@ class Deep(nn.Module):
         """Encoded inputs -> (B,) deep logits."""
         if self.fused and not self.multi_names:
             # The common case: every sparse field in one table. One fused lookup writes the
-            # MLP's whole input, embeddings and dense columns, with no concatenation.
+            # MLP's whole input, embeddings and dense columns, with no concatenation (for
+            # training and bf16 scoring; fp32 scoring computes the first layer apart).
             if self.dense_dim and dense is None:
                 raise ConfigError(f"the deep part expects {self.dense_dim} dense columns, got none")
             table = self.fused_table
