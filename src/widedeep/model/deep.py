@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from widedeep.errors import ConfigError
 from widedeep.features.layout import SparseField
-from widedeep.model.gather import gather_fields
+from widedeep.model.gather import gather_fields, traced
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -220,8 +220,7 @@ class Deep(nn.Module):
             not torch.is_grad_enabled()
             and ids.device.type == "cpu"
             and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing()
+            and not traced()
             and table.max_norm is None
             and table.weight.dtype == torch.float32
             and (dense is None or dense.dtype == torch.float32)

@@ -67,7 +67,7 @@ class _Lookup(torch.autograd.Function):
         return (table_grad, *unused)
 
 
-def _traced() -> bool:
+def traced() -> bool:
     """Whether an export or compiler is tracing: the graph must record torch ops."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
@@ -75,7 +75,7 @@ def _traced() -> bool:
 def _fusable(table: nn.Embedding, ids: Tensor) -> bool:
     """Whether the fused loops can look ``ids`` up in ``table``."""
     return (
-        not _traced()
+        not traced()
         and kernels.usable(table.weight)
         # what the loops do not implement: nn.Embedding's norm cap, padding row, scaling
         and table.max_norm is None
