@@ -53,10 +53,12 @@ class _Lookup(torch.autograd.Function):
             return (None, *unused)
         width = ctx.table_shape[1]
         if ctx.summed:  # each term's gradient is its row's
-            values = grad.unsqueeze(1).expand(rows.shape).reshape(-1, 1)
+            values = grad.unsqueeze(1).expand(rows.shape).reshape(-1, 1).to(ctx.table_dtype)
         else:
-            values = grad[:, : rows.shape[1] * width].reshape(-1, width)
-        values = values.to(ctx.table_dtype)  # a bf16 lookup's gradient, widened
+            # A bf16 lookup's gradient is widened in the same pass that copies the
+            # embeddings' columns out of the (B, F * D + K) input gradient.
+            embedded = grad[:, : rows.shape[1] * width]
+            values = embedded.to(ctx.table_dtype).reshape(-1, width)
         flat = rows.reshape(-1)
         if ctx.sparse:
             table_grad = torch.sparse_coo_tensor(
