@@ -118,9 +118,9 @@ def steady(report: dict[str, Any]) -> float:
 
 
 def _median_ratio(reports: list[dict[str, Any]], numerator: str, denominator: str) -> float:
-    """The median over runs of each run's ``numerator / denominator`` (0 where a run lacks
-    them): figures measured side by side in one process are compared within it, since the
-    VM's speed drifts between processes."""
+    """The median over runs of each run's ``numerator / denominator`` (runs without both
+    figures left out; 0 if none has them): figures measured side by side in one process are
+    compared within it, since the VM's speed drifts between processes."""
     ratios = [
         r[numerator] / r[denominator] for r in reports if r.get(numerator) and r.get(denominator)
     ]
