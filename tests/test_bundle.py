@@ -188,6 +188,30 @@ def test_csv_and_parquet_give_the_same_predictions_for_zero_padded_ids(
     assert bundle.evaluate(tmp_path / "rows.csv") == bundle.evaluate(tmp_path / "rows.parquet")
 
 
+def test_a_run_trained_from_csv_files_keeps_zero_padded_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training reads its CSV tables (train, validation, test) with the id columns as text,
+    as the bundle reads rows to score: the ids it learned are the ones it is later given."""
+    skip_plots(monkeypatch)
+    padded = pl.col("user").str.slice(1).str.zfill(3)
+    for name, rows, seed in (("train", TRAIN_ROWS, 1), ("validation", 300, 3), ("test", 300, 4)):
+        make_table(rows, seed=seed).with_columns(padded).write_csv(tmp_path / f"{name}.csv")
+    rows = make_table(200, seed=2).with_columns(padded)
+    rows.write_csv(tmp_path / "rows.csv")
+    config = run_config(
+        config_dict(tmp_path / "train.csv", tmp_path / "test.csv"),
+        ["train.epochs=1", f"data.validation={tmp_path / 'validation.csv'}"],
+    )
+    result = train(config, tmp_path / "run")
+    bundle = load_bundle(result.bundle_dir)
+    vocabulary = bundle.preprocessor.state_["user"]["vocabulary"]
+    assert "007" in vocabulary and "7" not in vocabulary
+    _, report = bundle.encode(tmp_path / "rows.csv")
+    assert report.columns["user"].unseen == 0
+    assert bundle.evaluate(tmp_path / "test.csv") == result.test_metrics
+
+
 def test_predict_frame_of_a_csv_keeps_zero_padded_ids(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

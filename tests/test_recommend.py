@@ -26,6 +26,7 @@ from widedeep.demo import packaged_config
 from widedeep.errors import ConfigError, SchemaError
 from widedeep.features.schema import PADDING_ID
 from widedeep.recommend import load_catalog, retrieve, score_pairs, top_k
+from widedeep.tables import write_table
 from widedeep.training.loop import TrainResult, train
 
 USER, ITEM, LABEL = "user_id", "app_id", "installed"
@@ -456,3 +457,45 @@ def test_an_item_feature_in_the_users_table_does_not_override_the_catalog(rec: R
     except SchemaError:
         return  # refusing the table, as training does, is fine too
     assert recs.drop("score").equals(expected.drop("score"))
+
+
+def test_a_run_from_csv_files_keeps_keys_and_ids_that_look_like_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys and ids such as '00000016' stay text all the way: in training's CSV tables and
+    in ``top_k``'s users, candidates and exclude_seen CSVs (polars alone reads them as 16)."""
+    files = make_appstore(tmp_path / "data", users=40, apps=30, impressions=3000, seed=2)
+    digits = {USER: "u", ITEM: "a"}
+
+    def numeric_looking(path: Path) -> pl.DataFrame:
+        frame = pl.read_parquet(path)
+        for column in frame.columns:
+            if column in digits:
+                frame = frame.with_columns(pl.col(column).str.strip_prefix(digits[column]))
+        if "installed_apps" in frame.columns:
+            stripped = pl.col("installed_apps").list.eval(pl.element().str.strip_prefix("a"))
+            frame = frame.with_columns(stripped)
+        return frame
+
+    tables = {}
+    for name, path in (("train", files.impressions), ("users", files.users), ("items", files.apps)):
+        tables[name] = numeric_looking(path)
+        write_table(tables[name], tmp_path / f"{name}.csv")
+    base = packaged_config("appstore").to_dict()
+    base["data"].update(builtin=None, **{name: str(tmp_path / f"{name}.csv") for name in tables})
+    base["model"]["hidden_units"] = [8]
+    base["train"].update(epochs=1, progress=False, device="cpu")
+    monkeypatch.setattr(sys.modules["widedeep.training.loop"], "_plots", lambda *a, **k: [])
+    bundle = load_bundle(train(RunConfig.from_dict(base), tmp_path / "run").bundle_dir)
+
+    vocabulary = bundle.preprocessor.state_[ITEM]["vocabulary"]
+    assert set(tables["items"][ITEM]) <= set(vocabulary)  # '000015', not '15'
+    seen = tables["train"].head(200).select(USER, ITEM)
+    write_table(seen, tmp_path / "seen.csv")
+    recs = top_k(bundle, tmp_path / "users.csv", k=5, exclude_seen=tmp_path / "seen.csv")
+    assert recs[USER].n_unique() == 40 and set(recs[USER]) == set(tables["users"][USER])
+    assert not pairs(recs) & pairs(seen)
+    candidates = seen.head(12)
+    write_table(candidates, tmp_path / "candidates.csv")
+    limited = top_k(bundle, tmp_path / "users.csv", k=5, candidates=tmp_path / "candidates.csv")
+    assert limited.height and pairs(limited) <= pairs(candidates)

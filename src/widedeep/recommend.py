@@ -24,7 +24,7 @@ from widedeep.data.tensors import TensorTable
 from widedeep.errors import ConfigError, SchemaError
 from widedeep.features.preprocessor import SideTable
 from widedeep.retrieval import ItemCooccurrence, MostPopular, fill_with
-from widedeep.tables import TableSource, describe_source, read_table
+from widedeep.tables import TableSource, describe_source
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +270,7 @@ def top_k(
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
     data = bundle.config.data
+    keys = [data.user_key, data.item_key]  # read from CSV as text, as users and items are
     catalog = load_catalog(bundle, items)
     user_keys, user_side = encode_users(bundle, users, catalog)
     n_users, n_items = user_keys.len(), len(catalog)
@@ -277,7 +278,7 @@ def top_k(
         matrix: NDArray[np.int64] | None = candidates.astype(np.int64)
     elif candidates is not None:
         matrix = candidate_matrix(
-            read_table(candidates),
+            bundle.preprocessor.read(candidates, keys=keys),
             user_keys,
             catalog,
             data.user_key,
@@ -286,7 +287,7 @@ def top_k(
         )
     else:
         matrix = None
-    seen = read_table(exclude_seen) if exclude_seen is not None else None
+    seen = bundle.preprocessor.read(exclude_seen, keys=keys) if exclude_seen is not None else None
     seen_users, seen_items = seen_mask_rows(seen, user_keys, catalog, data.user_key, data.item_key)
     if retrieval is not None:
         if matrix is not None:

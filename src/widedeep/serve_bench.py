@@ -181,7 +181,7 @@ def request_table(
     elif config.test is not None and Path(config.test).exists():
         frame, source = bundle.preprocessor.read(config.test), f"{config.test} (the test file)"
     elif config.builtin is not None and not config.is_recommendation and label is not None:
-        frame = load_splits(config, label).test
+        frame = load_splits(config, label, bundle.preprocessor.schema.id_columns).test
         source = (
             f"the test split of the builtin '{config.builtin}' table "
             f"(split_seed {config.split_seed}, test_fraction {config.test_fraction})"

@@ -8,6 +8,7 @@ implicit, and are then joined with the user and item features by key.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -18,7 +19,7 @@ from widedeep.data.datasets import load_builtin
 from widedeep.data.interactions import RecTables, with_sampled_negatives
 from widedeep.data.splits import random_split, split_table
 from widedeep.features.schema import LabelSpec
-from widedeep.tables import read_table
+from widedeep.tables import TableSource, read_table
 
 
 @dataclass(frozen=True)
@@ -84,13 +85,20 @@ def load_appstore() -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
         )
 
 
-def load_splits(data: DataConfig, label: LabelSpec) -> Splits:
-    """Read, split, label and join the tables that ``data`` names."""
-    validation = read_table(data.validation) if data.validation else None
-    test = read_table(data.test) if data.test else None
+def load_splits(data: DataConfig, label: LabelSpec, id_columns: Sequence[str] = ()) -> Splits:
+    """Read, split, label and join the tables that ``data`` names. ``id_columns`` (the
+    schema's, ``FeatureSchema.id_columns``) and the user and item keys are read from CSV
+    files as text, as the fitted preprocessor reads them when it scores: '007' stays '007'."""
+    text = [*id_columns, data.user_key, data.item_key] if data.is_recommendation else id_columns
+
+    def read(source: TableSource) -> pl.DataFrame:
+        return read_table(source, text_columns=text)
+
+    validation = read(data.validation) if data.validation else None
+    test = read(data.test) if data.test else None
     if not data.is_recommendation:
         assert data.builtin is not None or data.train is not None
-        frame = load_builtin(data.builtin) if data.builtin else read_table(data.train)
+        frame = load_builtin(data.builtin) if data.builtin else read(data.train)
         return Splits(*_split(frame, data, validation, test, user_key=None))
 
     users: pl.DataFrame | None
@@ -99,9 +107,9 @@ def load_splits(data: DataConfig, label: LabelSpec) -> Splits:
         interactions, users, items = load_appstore()
     else:
         assert data.train is not None
-        interactions = read_table(data.train)
-        users = read_table(data.users) if data.users else None
-        items = read_table(data.items) if data.items else None
+        interactions = read(data.train)
+        users = read(data.users) if data.users else None
+        items = read(data.items) if data.items else None
     tables = RecTables(users, items, data.user_key, data.item_key)
     train, validation, test = _split(interactions, data, validation, test, data.user_key)
     if data.negatives is not None:

@@ -224,12 +224,7 @@ class Preprocessor:
 
     def read(self, source: TableSource, keys: Sequence[str] = ()) -> pl.DataFrame:
         """Read ``source``; from CSV, id columns (and ``keys``) stay text ('01234' keeps its 0)."""
-        text_columns = [
-            f.source_column
-            for f in self.schema.features
-            if isinstance(f, CategoricalFeature | HashedFeature | MultiCategoricalFeature)
-        ]
-        return read_table(source, text_columns=[*text_columns, *keys])
+        return read_table(source, text_columns=[*self.schema.id_columns, *keys])
 
     def _transform_frame(
         self,

@@ -202,6 +202,14 @@ class FeatureSchema(Record):
                 columns[feature.source_column] = None
         return tuple(columns)
 
+    @property
+    def id_columns(self) -> tuple[str, ...]:
+        """The columns read as ids (categorical, hashed, multi-categorical): from CSV they
+        must be read as text, so that '007' stays '007' and is not the number 7."""
+        kinds = ("categorical", "hashed", "multi_categorical")
+        columns = {f.source_column: None for f in self.features if f.kind in kinds}
+        return tuple(columns)
+
     @classmethod
     def from_dict(cls, data: Any, where: str = "schema") -> FeatureSchema:
         """Build and check a schema from plain data (a parsed YAML document)."""

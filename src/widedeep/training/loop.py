@@ -211,7 +211,7 @@ def _train(
         else:
             train_table = StreamedTable(stream, preprocessor, config.data.stream)
     else:
-        splits = load_splits(config.data, label)
+        splits = load_splits(config.data, label, config.feature_schema.id_columns)
         preprocess_start = time.perf_counter()
         train_table = TensorTable.from_encoded(preprocessor.fit_transform(splits.train))
     fingerprint_start = time.perf_counter()
