@@ -73,9 +73,14 @@ def write_table(frame: pl.DataFrame, path: str | Path) -> None:
         )
 
 
-def _read_path(path: Path, text_columns: Sequence[str]) -> pl.DataFrame:
-    if not path.exists():
+def require_exists(path: str | Path) -> None:
+    """A clear error, naming ``path``, if there is no file or folder there."""
+    if not Path(path).exists():
         raise SchemaError(f"{path}: no such file or folder")
+
+
+def _read_path(path: Path, text_columns: Sequence[str]) -> pl.DataFrame:
+    require_exists(path)
     try:
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in PARQUET_SUFFIXES)

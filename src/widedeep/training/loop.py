@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from widedeep.bundle import build_model, evaluate_predictions, load_bundle, save_bundle
 from widedeep.config import RunConfig
 from widedeep.data.batch import Batch
-from widedeep.data.sources import Splits, load_splits
+from widedeep.data.sources import Splits, held_out_in_own_files, load_splits, read_flat_table
 from widedeep.data.stream import ParquetStream, StreamedTable, encode_stream, fit_stream
 from widedeep.data.tensors import TensorTable
 from widedeep.errors import ConfigError
@@ -47,6 +47,7 @@ from widedeep.model.widedeep import WideDeep
 from widedeep.plots import plot_history, plot_reliability
 from widedeep.precision import mixed_precision, resolve_precision
 from widedeep.retrieval import ItemCooccurrence, MostPopular
+from widedeep.tables import require_exists
 from widedeep.training import distributed
 from widedeep.training.checkpoint import (
     Position,
@@ -202,6 +203,7 @@ def _train(
     preprocessor = Preprocessor(config.feature_schema)
     preprocessing.warm_up()  # not timed: a once-per-process cost, not the table's
     train_table: TensorTable | StreamedTable
+    splits: Splits | None
     if config.data.stream is not None:
         splits = _held_out_splits(config, preprocessor)
         preprocess_start = time.perf_counter()
@@ -210,6 +212,17 @@ def _train(
             train_table = encode_stream(preprocessor, stream)
         else:
             train_table = StreamedTable(stream, preprocessor, config.data.stream)
+    elif held_out_in_own_files(config.data):
+        # The validation and test files are read once the training table is encoded and its
+        # raw rows let go (below): the raw tables are never in memory together.
+        for path in (config.data.validation, config.data.test):
+            if path is not None:
+                require_exists(path)  # a wrong path fails now, not after the encoding
+        raw_train = read_flat_table(config.data, config.feature_schema.id_columns)
+        preprocess_start = time.perf_counter()
+        train_table = TensorTable.from_encoded(preprocessor.fit_transform(raw_train))
+        del raw_train
+        splits = None
     else:
         splits = load_splits(config.data, label, config.feature_schema.id_columns)
         preprocess_start = time.perf_counter()
@@ -221,6 +234,9 @@ def _train(
     else:
         train_fingerprint = table_fingerprint(train_table)
     fingerprint_seconds = time.perf_counter() - fingerprint_start
+    if splits is None:
+        release_freed_memory()
+        splits = _held_out_splits(config, preprocessor)
     validation_encoded = preprocessor.transform(splits.validation, with_labels=True)
     validation_table = TensorTable.from_encoded(validation_encoded)
     if validation_encoded.report.notable():
@@ -443,7 +459,8 @@ def _fitted_stream(config: RunConfig, preprocessor: Preprocessor) -> ParquetStre
 
 
 def _held_out_splits(config: RunConfig, preprocessor: Preprocessor) -> Splits:
-    """A streamed run's validation and test tables (read whole; the training table is not)."""
+    """The validation and test tables of a run that has them in their own files (read
+    whole; a streamed run's training table is not, and an in-memory one's is read first)."""
     data = config.data
     assert data.validation is not None
     validation = preprocessor.read(data.validation)
