@@ -73,26 +73,35 @@ def write_table(frame: pl.DataFrame, path: str | Path) -> None:
         )
 
 
-def require_exists(path: str | Path) -> None:
-    """A clear error, naming ``path``, if there is no file or folder there."""
-    if not Path(path).exists():
+def check_readable(path: str | Path) -> None:
+    """The error ``read_table`` would raise for ``path``, found by reading no more than its
+    Parquet metadata or CSV header: a run checks its held-out files this way before it
+    reads and encodes the training table. (A CSV row that does not parse is found only by
+    the read itself.)"""
+    _read_path(Path(path), (), header_only=True)
+
+
+def _read_path(path: Path, text_columns: Sequence[str], header_only: bool = False) -> pl.DataFrame:
+    if not path.exists():
         raise SchemaError(f"{path}: no such file or folder")
-
-
-def _read_path(path: Path, text_columns: Sequence[str]) -> pl.DataFrame:
-    require_exists(path)
     try:
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in PARQUET_SUFFIXES)
             if not files:
                 raise SchemaError(f"{path}: the folder holds no .parquet files")
+            if header_only:
+                return pl.DataFrame(schema=pl.read_parquet_schema(files[0]))
             return pl.read_parquet(files)
         suffix = path.suffix.lower()
         if suffix in PARQUET_SUFFIXES:
+            if header_only:
+                return pl.DataFrame(schema=pl.read_parquet_schema(path))
             return pl.read_parquet(path)
         if suffix in CSV_SUFFIXES:
             separator = "\t" if suffix == ".tsv" else ","
             header = pl.read_csv(path, separator=separator, n_rows=0).columns
+            if header_only:
+                return pl.DataFrame(schema=dict.fromkeys(header, pl.String))
             return pl.read_csv(
                 path,
                 separator=separator,

@@ -183,3 +183,36 @@ def test_negatives_refuse_an_existing_label_column(tables: dict[str, Any], tmp_p
     paths = {**tables["paths"], "interactions": str(path)}
     with pytest.raises(ConfigError, match="'label'"):
         load_splits(_config(paths), LABEL)
+
+
+def test_keys_read_as_text_from_csv_and_as_numbers_from_parquet_are_made_alike(
+    tmp_path: Path,
+) -> None:
+    """CSV keys are read as text ('007' stays '007'); the same keys in a Parquet table may be
+    integers. The tables must still concatenate (for the negatives) and join, so where their
+    key types differ the keys become text in all of them."""
+    numbers = pl.DataFrame(
+        {
+            "user_id": [1, 2, 3, 1, 2, 3] * 4,
+            "item_id": [10, 11, 12, 13, 14, 15] * 4,
+            "timestamp": list(range(24)),
+        }
+    )
+    numbers.write_csv(tmp_path / "interactions.csv")
+    numbers.head(6).write_parquet(tmp_path / "validation.parquet")
+    items = pl.DataFrame({"item_id": list(range(10, 18)), "genre": list("abcdefgh")})
+    items.write_parquet(tmp_path / "items.parquet")
+    config = DataConfig.model_validate(
+        {
+            "train": str(tmp_path / "interactions.csv"),
+            "validation": str(tmp_path / "validation.parquet"),
+            "items": str(tmp_path / "items.parquet"),
+            "test_fraction": 0,
+            "negatives": {"ratio": 1},
+        }
+    )
+    splits = load_splits(config, LABEL, id_columns=["user_id", "item_id"])
+    for frame in (splits.train, splits.validation):
+        assert frame.schema["user_id"] == frame.schema["item_id"] == pl.String
+        assert frame.get_column("genre").null_count() == 0  # every item joined its row
+    assert ("1", "10") in _pairs(splits.train)

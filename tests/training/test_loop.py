@@ -525,15 +525,28 @@ def test_validation_and_test_files_are_read_after_the_training_table_is_encoded(
     assert load_bundle(result.bundle_dir).evaluate(validation) == result.validation_metrics
 
 
-def test_a_missing_validation_file_fails_before_the_training_table_is_read(
-    base: dict[str, Any], tmp_path: Path, no_plots: None
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("absent.parquet", "no such file"),
+        ("empty-folder", "the folder holds no .parquet files"),
+        ("validation.json", "expected a .parquet or .csv file"),
+        ("broken.parquet", "cannot be read as a table"),
+    ],
+)
+def test_an_unreadable_validation_file_fails_before_the_training_table_is_read(
+    base: dict[str, Any], tmp_path: Path, no_plots: None, name: str, message: str
 ) -> None:
-    absent = tmp_path / "absent.parquet"
+    bad = tmp_path / name
+    if name == "empty-folder":
+        bad.mkdir()
+    elif name != "absent.parquet":
+        bad.write_text("not a table")
     with pytest.MonkeyPatch.context() as patch:
         events = read_log(patch)
-        with pytest.raises(WideDeepError, match=r"absent\.parquet: no such file"):
-            run(base, tmp_path / "run", f"data.validation={absent}")
-    assert "train.parquet" not in events
+        with pytest.raises(WideDeepError, match=rf"{name}: {message}"):
+            run(base, tmp_path / "run", f"data.validation={bad}")
+    assert "train.parquet" not in events and "encoded" not in events
 
 
 def test_a_split_validation_is_taken_from_the_training_table_read_first(

@@ -49,7 +49,7 @@ def _split(
     test: pl.DataFrame | None,
     user_key: str | None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None]:
-    if validation is not None and (test is not None or data.test_fraction == 0):
+    if validation is not None and _nothing_split_off(data, True, test is not None):
         return frame, validation, test
     validation_fraction = 0.0 if validation is not None else data.validation_fraction
     test_fraction = 0.0 if test is not None else data.test_fraction
@@ -85,14 +85,35 @@ def load_appstore() -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
         )
 
 
+def _keys_alike(
+    frames: list[pl.DataFrame | None], keys: Sequence[str]
+) -> list[pl.DataFrame | None]:
+    """``frames`` with each key column of one type in all of them: where they differ (keys
+    read as text from a CSV file, as integers from a Parquet one), as text in all, so that
+    the tables concatenate and join (keys are compared as text when scoring, too)."""
+    for key in keys:
+        types = {frame.schema[key] for frame in frames if frame is not None and key in frame}
+        if len(types) > 1:
+            frames = [
+                frame.with_columns(pl.col(key).cast(pl.String))
+                if frame is not None and key in frame
+                else frame
+                for frame in frames
+            ]
+    return frames
+
+
+def _nothing_split_off(data: DataConfig, has_validation: bool, has_test: bool) -> bool:
+    """Whether the validation rows, and the test rows if any are asked for, come from tables
+    of their own, so that nothing is split off the training table."""
+    return has_validation and (has_test or data.test_fraction == 0)
+
+
 def held_out_in_own_files(data: DataConfig) -> bool:
     """Whether a flat table's validation and test rows all come from their own files, with
     nothing split off the training table: it can then be encoded before they are read."""
-    return (
-        not data.is_recommendation
-        and data.validation is not None
-        and (data.test is not None or data.test_fraction == 0)
-    )
+    has_validation, has_test = data.validation is not None, data.test is not None
+    return not data.is_recommendation and _nothing_split_off(data, has_validation, has_test)
 
 
 def read_flat_table(data: DataConfig, id_columns: Sequence[str] = ()) -> pl.DataFrame:
@@ -128,6 +149,12 @@ def load_splits(data: DataConfig, label: LabelSpec, id_columns: Sequence[str] = 
         interactions = read(data.train)
         users = read(data.users) if data.users else None
         items = read(data.items) if data.items else None
+    keys = (data.user_key, data.item_key)
+    alike, users, items, validation, test = _keys_alike(
+        [interactions, users, items, validation, test], keys
+    )
+    assert alike is not None
+    interactions = alike
     tables = RecTables(users, items, data.user_key, data.item_key)
     train, validation, test = _split(interactions, data, validation, test, data.user_key)
     if data.negatives is not None:

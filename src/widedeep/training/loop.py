@@ -47,7 +47,7 @@ from widedeep.model.widedeep import WideDeep
 from widedeep.plots import plot_history, plot_reliability
 from widedeep.precision import mixed_precision, resolve_precision
 from widedeep.retrieval import ItemCooccurrence, MostPopular
-from widedeep.tables import require_exists
+from widedeep.tables import check_readable
 from widedeep.training import distributed
 from widedeep.training.checkpoint import (
     Position,
@@ -217,7 +217,7 @@ def _train(
         # raw rows let go (below): the raw tables are never in memory together.
         for path in (config.data.validation, config.data.test):
             if path is not None:
-                require_exists(path)  # a wrong path fails now, not after the encoding
+                check_readable(path)  # a wrong file fails now, not after the encoding
         raw_train = read_flat_table(config.data, config.feature_schema.id_columns)
         preprocess_start = time.perf_counter()
         train_table = TensorTable.from_encoded(preprocessor.fit_transform(raw_train))
