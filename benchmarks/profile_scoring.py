@@ -9,12 +9,15 @@ library (untrained: the work per row does not depend on the weights' values), th
 in alternating rounds in this process, over the test rows in the benchmark's batches:
 ``predict`` in fp32 and in bf16, the bare MLP's forward pass on random inputs of the same
 width (fp32 and bf16), and the pieces of an fp32 scoring batch on their own: the deep
-part's first layer computed apart (its embeddings gathered by ``index_select``, then the two
-products), the rest of the deep part on one batch's first-layer output over and over (as the
-bare forward reads its one random input), and the wide part. Also, outside that sum, the
-fused lookup that builds the whole MLP input (bf16 scoring's and training's path) and the
-MLP with its output layer on one such input. Then torch.profiler's top operators of
-``predict``. This is the profile the performance notes quote for scoring.
+part's first layer computed apart (the small fields' projected rows summed by an embedding
+bag, the other fields' embeddings gathered by ``index_select``, then the products; see
+``widedeep.model.projection``), the rest of the deep part on one batch's first-layer
+output over and over (as the bare forward reads its one random input), and the wide part.
+Also, outside that sum, the fused lookup that builds the whole MLP input (bf16 scoring's
+and training's path), the MLP with its output layer on one such input, and the first layer
+without the projected tables (every field's embedding through the product). Then
+torch.profiler's top operators of ``predict``. This is the profile the performance notes
+quote for scoring.
 """
 
 from __future__ import annotations
@@ -63,7 +66,13 @@ def main() -> None:
     first_input = lookup(deep, batches[0])
     dense_of = (lambda batch: batch.dense) if deep.dense_dim else (lambda batch: None)
     with torch.no_grad():
+        projected = model.projected_first_layer()
         first_output = deep._first_layer_apart(batches[0].ids, dense_of(batches[0]))
+
+    def first_layer(batch: Batch) -> torch.Tensor:
+        if projected is None:
+            return deep._first_layer_apart(batch.ids, dense_of(batch))
+        return projected(deep.fused_table.weight, batch.ids, dense_of(batch))
 
     def each_batch(work: Callable[[Batch], object]) -> None:
         for batch in batches:
@@ -74,19 +83,23 @@ def main() -> None:
         "predict bf16": lambda: predict(model, table, INFER_BATCH, precision="bf16"),
         "bare forward fp32": lambda: bare_forward(bare, inputs, len(batches), cpu),
         "bare forward bf16": lambda: bare_forward(bare, inputs, len(batches), cpu, True),
-        "  first layer apart": lambda: each_batch(
-            lambda batch: deep._first_layer_apart(batch.ids, dense_of(batch))
-        ),
+        "  first layer apart": lambda: each_batch(first_layer),
         # one batch's real values over and over, as the bare forward reads its random input
         # (the activations work in place: a second pass leaves the same values)
         "  rest of deep part": lambda: each_batch(lambda _: deep._after_first_layer(first_output)),
         "  wide part": lambda: each_batch(lambda batch: wide(batch.ids)),
         "fused lookup": lambda: each_batch(lambda batch: lookup(deep, batch)),
         "MLP + output fp32": lambda: each_batch(lambda _: deep._output(deep.mlp(first_input))),
+        "unprojected layer": lambda: each_batch(
+            lambda batch: deep._first_layer_apart(batch.ids, dense_of(batch))
+        ),
     }
     with torch.no_grad():  # the first round warms every path up
         median = alternating_seconds(work, args.rounds, warmup_rounds=1)
     rows = len(table)
+    if projected is not None:
+        print(f"projected: {len(projected.columns)} of {len(deep.cardinalities)} fields, "
+              f"{projected.table.numel() * 4 / 2**20:.0f} MB")  # fmt: skip
     print(f"scoring {rows:,} rows in batches of {INFER_BATCH}, medians of {args.rounds} rounds:")
     for name, seconds in median.items():
         print(f"  {name:<20} {seconds * 1e3:7.1f} ms  {seconds / rows * 1e6:6.3f} us/row  "

@@ -7,14 +7,20 @@ import torch
 from numpy.typing import NDArray
 
 from widedeep.data.tensors import TensorTable
+from widedeep.model.projection import ProjectedFirstLayer
 from widedeep.model.widedeep import WideDeep
-from widedeep.precision import Precision, mixed_precision
+from widedeep.precision import Precision, mixed_precision, resolve_precision
 
 # Rows scored per batch by default. On the 2-core CPU, scoring the benchmark's 200k test rows
 # ran 4-17% faster in batches of 4096 than of 16384 (three processes, 7-11 alternating rounds
 # each; not profiled, likely the caches: the MLP's input is 7 MB at 4096 rows, 28 MB at
 # 16384, and each core has 2 MB of L2).
 SCORE_BATCH_SIZE = 4096
+# Batches of at least this many rows score through the projected first layer
+# (``widedeep.model.projection``). Checking that it is current costs 0.5-1 ms a call with
+# the benchmark's 62 MB of tables, more than it saves on a few hundred rows; a server's
+# micro-batches are 512 rows by default.
+PROJECTED_MIN_BATCH = 1024
 
 
 @torch.no_grad()
@@ -30,7 +36,9 @@ def predict_parts(
     ``precision``: ``fp32`` (the default), or ``bf16`` to run the deep part's hidden layers
     under bfloat16 autocast as training's ``train.precision: bf16`` does (1.6-1.8x faster in
     the benchmark, on a CPU with AMX; probabilities within a few 1e-3), or ``auto`` (bf16 on
-    such a CPU, else fp32).
+    such a CPU, else fp32). In fp32 on CPU, a batch of ``PROJECTED_MIN_BATCH`` rows or more
+    computes the first layer with its small fields' projected tables (equal up to rounding;
+    the choice depends on the batch's rows alone, so the same batches give the same bits).
     """
     where = torch.device(device)
     autocast = mixed_precision(where, precision)  # checks ``precision`` before any work
@@ -40,10 +48,21 @@ def predict_parts(
     try:
         placed = table.place(where)
         model.check_inputs(placed.slice(0, len(placed)))  # once for all rows, not per batch
+        may_project = where.type == "cpu" and resolve_precision(where, precision) == "fp32"
+        found: list[ProjectedFirstLayer | None] = []  # looked up once a call, when first needed
+
+        def projected(rows: int) -> ProjectedFirstLayer | None:
+            if not may_project or rows < PROJECTED_MIN_BATCH:
+                return None
+            if not found:
+                found.append(model.projected_first_layer())
+            return found[0]
+
         # Parts stay on the device until the end: one copy back, no sync per batch.
         with autocast:
             for batch in placed.batches(batch_size):
-                wide, deep = model.parts(batch.to(where, non_blocking=True), checked=True)
+                batch = batch.to(where, non_blocking=True)
+                wide, deep = model.parts(batch, checked=True, projected=projected(len(batch)))
                 wide_parts.append(wide.float())
                 deep_parts.append(deep.float())
     finally:

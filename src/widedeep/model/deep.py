@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from widedeep.errors import ConfigError
 from widedeep.features.layout import SparseField
 from widedeep.model.gather import gather_fields, traced
+from widedeep.model.projection import ProjectedFirstLayer, project_first_layer, projected_fields
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -115,6 +116,8 @@ class Deep(nn.Module):
         self.fused_offsets: Tensor
         self.register_buffer("fused_columns", torch.tensor(self.single_columns, dtype=torch.long))
         self.register_buffer("fused_offsets", torch.tensor(offsets, dtype=torch.long))
+        self.cardinalities = [f.cardinality for f in single]
+        self._projected: ProjectedFirstLayer | None = None  # see ``projected_first_layer``
         multi_tables = [
             nn.Embedding(f.cardinality, f.embedding_dim, padding_idx=0, sparse=sparse)
             for f in multi
@@ -194,9 +197,14 @@ class Deep(nn.Module):
         return blocks
 
     def forward(
-        self, ids: Tensor, multi_ids: Sequence[Tensor] = (), dense: Tensor | None = None
+        self,
+        ids: Tensor,
+        multi_ids: Sequence[Tensor] = (),
+        dense: Tensor | None = None,
+        projected: ProjectedFirstLayer | None = None,
     ) -> Tensor:
-        """Encoded inputs -> (B,) deep logits."""
+        """Encoded inputs -> (B,) deep logits. ``projected``: this module's
+        ``projected_first_layer()``, for fp32 scoring on CPU to compute the first layer with."""
         if self.fused and not self.multi_names:
             # The common case: every sparse field in one table. One fused lookup writes the
             # MLP's whole input, embeddings and dense columns, with no concatenation (for
@@ -206,7 +214,12 @@ class Deep(nn.Module):
             table = self.fused_table
             dense = dense if self.dense_dim else None  # columns it has no weights for
             if self._scores_apart(ids, dense):
-                return self._after_first_layer(self._first_layer_apart(ids, dense))
+                first = (
+                    self._first_layer_apart(ids, dense)
+                    if projected is None
+                    else projected(table.weight, ids, dense)
+                )
+                return self._after_first_layer(first)
             x = gather_fields(table, ids, self.fused_columns, self.fused_offsets, dense)
             return self._output(self.mlp(x))
         parts = [block for _, block in self._blocks(ids, multi_ids, dense)]
@@ -251,6 +264,33 @@ class Deep(nn.Module):
         else:
             out = torch.addmm(layer.bias, dense, dense_weight)
         return out.addmm_(embedded, layer.weight[:, :width].t())
+
+    def projected_first_layer(self) -> ProjectedFirstLayer | None:
+        """The first layer with its small fields projected (``widedeep.model.projection``),
+        for scoring in float32 on CPU; made on first use and made again once the weights
+        differ from those it was made from. None where no field is projected."""
+        if not self.fused or self.multi_names:
+            return None
+        table, layer = self.fused_table, self.first_layer
+        weight = table.weight
+        if (
+            weight.device.type != "cpu"
+            or weight.dtype != torch.float32
+            or layer.weight.dtype != torch.float32
+            or table.max_norm is not None
+        ):
+            return None
+        fields = projected_fields(self.cardinalities, table.embedding_dim, layer.out_features)
+        if not fields:
+            return None
+        made = self._projected
+        if made is None or not made.matches(weight, layer.weight, layer.bias):
+            offsets = self.fused_offsets.tolist()
+            made = project_first_layer(
+                weight, self.single_columns, offsets, layer.weight, layer.bias, fields
+            )
+            self._projected = made
+        return made
 
     def _all_columns(self, ids: Tensor) -> bool:
         """Whether the fused table's fields are all of ``ids``' columns, in order."""

@@ -23,6 +23,7 @@ from widedeep.data.batch import Batch
 from widedeep.errors import ConfigError
 from widedeep.features.layout import FeatureLayout, SparseField
 from widedeep.model.deep import Deep, DropoutPlacement
+from widedeep.model.projection import ProjectedFirstLayer
 from widedeep.model.wide import Wide
 
 Parts = Literal["wide_deep", "wide", "deep"]
@@ -126,29 +127,45 @@ class WideDeep(nn.Module):
                 sparse=sparse_gradients,
             )
 
-    def parts(self, inputs: Batch | Tensor, *, checked: bool = False) -> tuple[Tensor, Tensor]:
+    def parts(
+        self,
+        inputs: Batch | Tensor,
+        *,
+        checked: bool = False,
+        projected: ProjectedFirstLayer | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """The wide and deep contributions to the joint logit, each (B,); they sum to it.
 
         ``checked=True`` skips ``check_inputs``, for rows it has already passed (a whole
-        table checked once rather than each of its batches).
+        table checked once rather than each of its batches). ``projected``: from
+        ``projected_first_layer``, for scoring (see ``widedeep.model.projection``).
         """
         batch = inputs if isinstance(inputs, Batch) else Batch(ids=inputs)
         if not checked:
             self.check_inputs(batch)
-        return self.unchecked_parts(batch.ids, batch.multi_ids, batch.dense)
+        return self.unchecked_parts(batch.ids, batch.multi_ids, batch.dense, projected)
 
     def unchecked_parts(
-        self, ids: Tensor, multi_ids: Sequence[Tensor], dense: Tensor | None
+        self,
+        ids: Tensor,
+        multi_ids: Sequence[Tensor],
+        dense: Tensor | None,
+        projected: ProjectedFirstLayer | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``parts`` without the input checks, for callers whose ids are valid by construction
         (an exported graph cannot read tensor values to range-check them)."""
         zeros = ids.new_zeros(ids.shape[0], dtype=torch.float32)
         multi = tuple(multi_ids)
         wide = self.wide(ids, multi) if self.wide is not None else zeros
-        deep = self.deep(ids, multi, dense) if self.deep is not None else zeros
+        deep = self.deep(ids, multi, dense, projected) if self.deep is not None else zeros
         if self.combine == "mean" and self.wide is not None and self.deep is not None:
             return 0.5 * wide, 0.5 * deep
         return wide, deep
+
+    def projected_first_layer(self) -> ProjectedFirstLayer | None:
+        """The deep part's first layer with its small fields projected, for fp32 scoring on
+        CPU (``Deep.projected_first_layer``); None where there is none."""
+        return self.deep.projected_first_layer() if self.deep is not None else None
 
     def partial(self, batch: Batch, names: Collection[str]) -> tuple[Tensor, Tensor | None]:
         """The wide sum (B,) and deep first-layer share (B, H) of the fields ``names`` only.

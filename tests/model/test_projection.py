@@ -1,0 +1,141 @@
+"""The projected first layer: which fields it projects, and that it computes the first layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from widedeep.features.layout import SparseField
+from widedeep.model import projection
+from widedeep.model.deep import Deep
+from widedeep.model.projection import project_first_layer, projected_fields
+
+# cardinalities 40, 3000, 5 and 300: with room for the three smallest only (below)
+FIELDS = (
+    SparseField("user", 40, 4),
+    SparseField("item", 3000, 4),
+    SparseField("city", 5, 4),
+    SparseField("shop", 300, 4),
+)
+
+
+def test_fields_are_projected_smallest_first_within_the_budget() -> None:
+    # H = 10 floats of 4 bytes a row: 40, 20 and 3000 rows take 1600, 800 and 120000 bytes
+    assert projected_fields([40, 3000, 20], 4, 10, budget=2400) == [0, 2]
+    assert projected_fields([40, 3000, 20], 4, 10, budget=2399) == [2]
+    assert projected_fields([40, 3000, 20], 4, 10, budget=10**9) == [0, 1, 2]
+    assert projected_fields([40, 3000, 20], 4, 10, budget=799) == []
+
+
+def test_narrow_embeddings_are_not_projected() -> None:
+    """A row of H floats is about the work of a 2 x H product: no gain to pay memory for."""
+    assert projected_fields([5, 5], 2, 8) == []
+    assert projected_fields([5, 5], 4, 8) == [0, 1]
+
+
+def deep_part(monkeypatch: pytest.MonkeyPatch, dense: int, hidden: list[int]) -> Deep:
+    """A fused deep part whose budget projects user, city and shop but not item."""
+    monkeypatch.setattr(projection, "PROJECTED_BYTES", 345 * 4 * (hidden or [1])[0])
+    torch.manual_seed(0)
+    names = [f"x{i}" for i in range(dense)]
+    model = Deep(FIELDS, [3, 0, 1, 2], dense_names=names, hidden_units=hidden).eval()
+    with torch.no_grad():  # weights of the scale training gives, not init's +-0.05
+        model.fused_table.weight.normal_()
+    return model
+
+
+def inputs(rows: int, dense: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Ids in the columns the fields read (column 3 is user, 0 item, 1 city, 2 shop)."""
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.stack(
+        [torch.randint(0, c, (rows,), generator=generator) for c in (3000, 5, 300, 40)], dim=1
+    )
+    values = torch.randn(rows, dense, generator=generator) if dense else None
+    return ids, values
+
+
+@pytest.mark.parametrize(
+    ("dense", "hidden"),
+    [(2, [8, 4]), (0, [8, 4]), (3, [])],  # with and without dense columns; no hidden layer
+)
+def test_the_projected_first_layer_equals_the_product(
+    monkeypatch: pytest.MonkeyPatch, dense: int, hidden: list[int]
+) -> None:
+    model = deep_part(monkeypatch, dense, hidden)
+    made = model.projected_first_layer()
+    assert made is not None
+    assert made.columns.tolist() == [3, 1, 2]  # user, city, shop; item (3000 ids) is not
+    assert made.rest_columns.tolist() == [0]
+    ids, values = inputs(257, dense)
+    with torch.no_grad():
+        expected = model._first_layer_apart(ids, values)
+        got = made(model.fused_table.weight, ids, values)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        logits = model(ids, (), values, made)
+        torch.testing.assert_close(logits, model(ids, (), values), rtol=1e-5, atol=1e-5)
+
+
+def test_every_field_projected_leaves_no_product_of_embeddings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = deep_part(monkeypatch, 2, [8])
+    layer = model.first_layer
+    fields = list(range(len(FIELDS)))
+    made = project_first_layer(
+        model.fused_table.weight,
+        [3, 0, 1, 2],
+        [0, 40, 3040, 3045],
+        layer.weight,
+        layer.bias,
+        fields,
+    )
+    assert made.rest_columns.numel() == 0
+    ids, values = inputs(64, 2)
+    with torch.no_grad():
+        expected = model._first_layer_apart(ids, values)
+        got = made(model.fused_table.weight, ids, values)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_it_is_made_once_and_again_after_any_write_to_the_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Writes that torch's version counters miss (numpy views, as the optimizers' kernels
+    write; ``.data``) still make it stale: the weights are compared by value."""
+    model = deep_part(monkeypatch, 2, [8])
+    ids, values = inputs(100, 2)
+    first = model.projected_first_layer()
+    assert model.projected_first_layer() is first
+    table, layer = model.fused_table.weight, model.first_layer
+    writes = [
+        lambda: table.detach().numpy().__setitem__((2, 0), 7.0),  # user's row 2
+        lambda: table.data[3042].add_(1.0),  # city's row 2
+        lambda: layer.weight.detach().numpy().__setitem__((0, 0), 3.0),
+        lambda: layer.bias.detach().numpy().__setitem__(1, -2.0),
+    ]
+    before = first
+    for write in writes:
+        write()
+        made = model.projected_first_layer()
+        assert made is not before
+        with torch.no_grad():
+            torch.testing.assert_close(
+                made(table, ids, values),
+                model._first_layer_apart(ids, values),
+                rtol=1e-5,
+                atol=1e-5,
+            )
+        before = made
+    item_row = 40 + 17  # item is not projected: its rows are read as they are
+    table.detach().numpy()[item_row, 0] = 5.0
+    assert model.projected_first_layer() is before
+
+
+def test_nothing_is_projected_for_a_table_off_the_cpu_or_not_fused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = deep_part(monkeypatch, 2, [8])
+    model.to(torch.float64)
+    assert model.projected_first_layer() is None
+    mixed = (SparseField("a", 5, 4), SparseField("b", 5, 8))  # two sizes: two tables
+    assert Deep(mixed, [0, 1], hidden_units=[8]).projected_first_layer() is None

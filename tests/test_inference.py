@@ -1,0 +1,95 @@
+"""Scoring a table in batches: where the projected first layer is used, and that it is
+always current (``widedeep.inference``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from widedeep import inference
+from widedeep.data.tensors import TensorTable
+from widedeep.features.layout import FeatureLayout, SparseField
+from widedeep.inference import predict
+from widedeep.model.widedeep import WideDeep
+from widedeep.optim.lazy import LazyAdam
+
+LAYOUT = FeatureLayout(
+    single=(SparseField("user", 50, 8), SparseField("item", 20, 8), SparseField("city", 6, 8)),
+    dense=("price",),
+)
+
+
+def model_and_table(rows: int = 5000) -> tuple[WideDeep, TensorTable]:
+    torch.manual_seed(0)
+    model = WideDeep.from_layout(LAYOUT, hidden_units=[16, 8], sparse_gradients=True)
+    with torch.no_grad():  # embeddings of the scale training gives
+        model.deep.fused_table.weight.normal_()  # type: ignore[union-attr]
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.stack(
+        [torch.randint(0, f.cardinality, (rows,), generator=generator) for f in LAYOUT.single], 1
+    )
+    dense = torch.randn(rows, 1, generator=generator)
+    labels = (torch.rand(rows, generator=generator) < 0.3).float()
+    return model, TensorTable(ids, (), dense, labels)
+
+
+def rows(table: TensorTable, start: int, stop: int) -> TensorTable:
+    labels = None if table.labels is None else table.labels[start:stop]
+    return TensorTable(table.ids[start:stop], (), table.dense[start:stop], labels)
+
+
+def unprojected(
+    monkeypatch: pytest.MonkeyPatch, model: WideDeep, table: TensorTable, batch_size: int
+) -> np.ndarray:
+    with monkeypatch.context() as patch:
+        patch.setattr(inference, "PROJECTED_MIN_BATCH", 10**9)
+        return predict(model, table, batch_size)
+
+
+def test_large_batches_score_through_the_projected_first_layer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model, table = model_and_table()
+    made: list[object] = []
+    original = WideDeep.projected_first_layer
+    monkeypatch.setattr(
+        WideDeep, "projected_first_layer", lambda self: made.append(original(self)) or made[-1]
+    )
+    scores = predict(model, table, batch_size=2048)
+    assert len(made) == 1 and made[0] is not None  # looked up once for the call's 3 batches
+    expected = unprojected(monkeypatch, model, table, 2048)
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
+    predict(model, table, batch_size=512)  # small batches: never looked up
+    predict(model, table, batch_size=2048, precision="bf16")  # bf16: not used
+    assert len(made) == 1
+
+
+def test_the_same_batches_give_the_same_bits_however_the_rows_are_split() -> None:
+    """A server scores a request in micro-batches, one call each; a batch of fewer rows
+    than ``PROJECTED_MIN_BATCH`` (the 904 at the end) takes the same path both ways."""
+    model, table = model_and_table()
+    whole = predict(model, table, batch_size=2048)
+    calls = [predict(model, rows(table, a, min(a + 2048, 5000)), 2048) for a in (0, 2048, 4096)]
+    assert np.array_equal(whole, np.concatenate(calls))
+
+
+def test_scores_follow_each_training_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LazyAdam writes the embedding rows through numpy (torch's version counters do not
+    move); scores after each step are the new weights' scores all the same."""
+    model, table = model_and_table()
+    optimizer = LazyAdam(model.parameters(), lr=0.05)
+    before = predict(model, table, batch_size=2048)
+    for step in range(3):
+        batch = table.slice(step * 100, step * 100 + 100)
+        model.train()
+        assert batch.labels is not None
+        loss = torch.nn.functional.binary_cross_entropy(model(batch), batch.labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        after = predict(model, table, batch_size=2048)
+        assert np.abs(after - before).max() > 1e-3  # the step moved the scores
+        expected = unprojected(monkeypatch, model, table, 2048)
+        np.testing.assert_allclose(after, expected, rtol=0, atol=1e-6)
+        before = after
