@@ -104,7 +104,9 @@ def main() -> None:
         f"Load average at the end: {load}  \n"
         "Each point: one process, 1 epoch, embedding dim 16, MLP [256,128], batch 1024, Adam "
         f"1e-3, {args.threads} threads, the default precision (bf16 autocast on a CPU with "
-        "AMX, else fp32); the data is held in memory (not streamed).\n\n" + "\n".join(lines) + "\n"
+        "AMX or AVX-512 BF16, else fp32); the data is held in memory (not streamed).\n\n"
+        + "\n".join(lines)
+        + "\n"
     )
 
 

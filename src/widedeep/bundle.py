@@ -115,8 +115,8 @@ class Bundle:
     ) -> NDArray[np.float32]:
         """Probabilities (binary) or predictions (regression), one per row of ``source``.
 
-        ``precision``: ``fp32``, or ``bf16`` (or ``auto``) for bfloat16 autocast, 1.6-1.8x
-        faster in the benchmark on a CPU with AMX (see ``widedeep.inference.predict_parts``).
+        ``precision``: ``fp32``, or ``bf16`` (or ``auto``) for bfloat16 autocast (see
+        ``widedeep.inference.predict_parts``).
         """
         table, _ = self.encode(source, with_labels=False)
         return predict(self.model, table, batch_size, precision=precision)

@@ -34,9 +34,9 @@ def predict_parts(
     """The wide and deep contributions to the joint logit, each (N,).
 
     ``precision``: ``fp32`` (the default), or ``bf16`` to run the deep part's hidden layers
-    under bfloat16 autocast as training's ``train.precision: bf16`` does (1.6-1.8x faster in
-    the benchmark, on a CPU with AMX; probabilities within a few 1e-3), or ``auto`` (bf16 on
-    such a CPU, else fp32). In fp32 on CPU, a batch of ``PROJECTED_MIN_BATCH`` rows or more
+    under bfloat16 autocast as training's ``train.precision: bf16`` does (faster on a CPU
+    with AMX or AVX-512 BF16; probabilities within a few 1e-3), or ``auto`` (bf16 on such a
+    CPU, else fp32). In fp32 on CPU, a batch of ``PROJECTED_MIN_BATCH`` rows or more
     computes the first layer with its small fields' projected tables (equal up to rounding;
     the choice depends on the batch's rows alone, so the same batches give the same bits).
     """
