@@ -11,6 +11,7 @@ from widedeep import inference
 from widedeep.data.tensors import TensorTable
 from widedeep.features.layout import FeatureLayout, SparseField
 from widedeep.inference import predict
+from widedeep.model.projection import ProjectedFirstLayer
 from widedeep.model.widedeep import WideDeep
 from widedeep.optim.lazy import LazyAdam
 
@@ -56,13 +57,21 @@ def test_large_batches_score_through_the_projected_first_layer(
     monkeypatch.setattr(
         WideDeep, "projected_first_layer", lambda self: made.append(original(self)) or made[-1]
     )
+    used: list[int] = []
+    call = ProjectedFirstLayer.__call__
+    monkeypatch.setattr(
+        ProjectedFirstLayer,
+        "__call__",
+        lambda self, table, ids, dense: used.append(len(ids)) or call(self, table, ids, dense),
+    )
     scores = predict(model, table, batch_size=2048)
     assert len(made) == 1 and made[0] is not None  # looked up once for the call's 3 batches
+    assert used == [2048, 2048]  # the last batch, 904 rows, took the plain product
     expected = unprojected(monkeypatch, model, table, 2048)
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
     predict(model, table, batch_size=512)  # small batches: never looked up
     predict(model, table, batch_size=2048, precision="bf16")  # bf16: not used
-    assert len(made) == 1
+    assert len(made) == 1 and used == [2048, 2048]
 
 
 def test_the_same_batches_give_the_same_bits_however_the_rows_are_split() -> None:

@@ -33,6 +33,8 @@ from test_recommend import ITEM, LABEL, USER, RecRun, shared_rec_run
 from widedeep import serve as serve_module
 from widedeep.bundle import Bundle, load_bundle
 from widedeep.errors import ConfigError, SchemaError
+from widedeep.model import deep as deep_module
+from widedeep.model.projection import ProjectedFirstLayer
 from widedeep.recommend import top_k
 from widedeep.serve import ServeSettings, build_app, serve
 from widedeep.training.loop import train
@@ -161,6 +163,41 @@ def test_micro_batches_on_threads_equal_the_library_in_those_batches(ctr: Bundle
     assert np.array_equal(got, ctr.predict(frame, batch_size=8))  # order kept, same batches
     # One batch of 101 rows may round differently in the last bit (MKL's GEMM blocking).
     np.testing.assert_allclose(got, ctr.predict(frame), rtol=0, atol=1e-6)
+
+
+def test_micro_batches_of_1024_rows_take_the_projected_tables_as_the_library_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose sparse fields share one table: micro-batches of 1024 rows or more score
+    through the projected first layer, made at startup, as ``predict`` in those batches."""
+    skip_plots(monkeypatch)
+    train_path, test_path = write_tables(tmp_path / "data")
+    base = config_dict(train_path, test_path)
+    base["schema"]["features"] = [
+        {"name": "user", "kind": "categorical", "embedding_dim": 4},
+        {"name": "item", "kind": "categorical", "embedding_dim": 4},
+        {"name": "price", "kind": "numeric"},
+    ]
+    base["schema"]["wide"], base["schema"]["deep"] = ["user", "item"], ["user", "item", "price"]
+    run = train(run_config(base, ["train.epochs=1"]), tmp_path / "run")
+    bundle = load_bundle(run.bundle_dir)
+    used: list[int] = []
+    call = ProjectedFirstLayer.__call__
+    monkeypatch.setattr(
+        ProjectedFirstLayer,
+        "__call__",
+        lambda self, table, ids, dense: used.append(len(ids)) or call(self, table, ids, dense),
+    )
+    made: list[int] = []
+    build = deep_module.project_first_layer
+    monkeypatch.setattr(deep_module, "project_first_layer", lambda *a: made.append(1) or build(*a))
+    api = Api(build_app(bundle, ServeSettings(micro_batch=1024, threads=2)))
+    assert made == [1]  # at startup
+    frame = make_table(2500, seed=5).select("user", "item", "price")
+    got = scores(api.post("/v1/score", {"columns": columnar(frame)}))
+    assert used == [1024, 1024]  # the last 452 rows: the plain product
+    assert made == [1]
+    assert np.array_equal(got, bundle.predict(frame, batch_size=1024))
 
 
 def test_bf16_scores_equal_the_library_in_bf16_in_the_same_micro_batches(ctr: Bundle) -> None:

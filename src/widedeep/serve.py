@@ -39,7 +39,7 @@ from widedeep.errors import ConfigError, SchemaError
 from widedeep.features.preprocessor import SideTable
 from widedeep.features.schema import FeatureSchema
 from widedeep.inference import predict_parts
-from widedeep.precision import Precision, precision_problem
+from widedeep.precision import Precision, precision_problem, resolve_precision
 from widedeep.recommend import Catalog, PairScorer, Retrieval, encode_users, load_catalog, retrieve
 from widedeep.tables import TableSource
 
@@ -423,13 +423,17 @@ class _Service:
     def _warm_up(self) -> None:
         """Score one blank row before serving: the first call of each compiled loop
         (encoding, lookups) compiles it or loads it from numba's cache, which can take
-        longer than a request may, so it is paid here, at startup."""
+        longer than a request may, so it is paid here, at startup. So is making the
+        projected first layer, where the micro-batches are large enough to take it."""
         frame = pl.DataFrame([c.series([_BLANK[c.type]]) for c in self.columns])
         table, _ = self.bundle.encode(frame, with_labels=False)
         settings = self.settings
         inference.predict_parts(
             self.bundle.model, table, settings.micro_batch, precision=settings.precision
         )
+        fp32 = resolve_precision(torch.device("cpu"), settings.precision) == "fp32"
+        if fp32 and settings.micro_batch >= inference.PROJECTED_MIN_BATCH:
+            self.bundle.model.projected_first_layer()  # made now, not by the first request
 
     async def run(self, work: Callable[[], T]) -> T:
         """``work`` on a request thread if a slot is free (else 503), within the timeout."""

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 import pytest
 import torch
 
 from widedeep.features.layout import SparseField
+from widedeep.model import deep as deep_module
 from widedeep.model import projection
 from widedeep.model.deep import Deep
-from widedeep.model.projection import project_first_layer, projected_fields
+from widedeep.model.projection import ProjectedFirstLayer, project_first_layer, projected_fields
 
 # cardinalities 40, 3000, 5 and 300: with room for the three smallest only (below)
 FIELDS = (
@@ -137,5 +143,40 @@ def test_nothing_is_projected_for_a_table_off_the_cpu_or_not_fused(
     model = deep_part(monkeypatch, 2, [8])
     model.to(torch.float64)
     assert model.projected_first_layer() is None
+    model.to("meta")
+    assert model.projected_first_layer() is None
     mixed = (SparseField("a", 5, 4), SparseField("b", 5, 8))  # two sizes: two tables
     assert Deep(mixed, [0, 1], hidden_units=[8]).projected_first_layer() is None
+
+
+def test_a_smaller_budget_makes_it_again_with_fewer_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = deep_part(monkeypatch, 2, [8])
+    made = model.projected_first_layer()
+    assert made is not None and made.fields == (0, 2, 3)
+    monkeypatch.setattr(projection, "PROJECTED_BYTES", 45 * 4 * 8)  # city and user only
+    again = model.projected_first_layer()
+    assert again is not None and again.fields == (0, 2)
+
+
+def test_threads_that_find_it_missing_make_it_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server's scoring threads may all ask for it at once: one builds, the rest wait."""
+    model = deep_part(monkeypatch, 2, [8])
+    builds: list[int] = []
+    build = deep_module.project_first_layer
+
+    def slow_build(*args: Any) -> ProjectedFirstLayer:
+        builds.append(1)
+        time.sleep(0.05)  # long enough for every thread to find nothing made yet
+        return build(*args)
+
+    monkeypatch.setattr(deep_module, "project_first_layer", slow_build)
+    start = threading.Barrier(4)
+
+    def ask() -> ProjectedFirstLayer | None:
+        start.wait()
+        return model.projected_first_layer()
+
+    with ThreadPoolExecutor(4) as pool:
+        made = list(pool.map(lambda _: ask(), range(4)))
+    assert builds == [1]
+    assert all(m is made[0] for m in made)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Sequence
 from typing import Literal
 
@@ -25,6 +26,10 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 DropoutPlacement = Literal["each", "last"]
+
+# Held while a deep part makes its projected first layer (a module-level lock: a module's
+# own attribute would have to survive ``copy.deepcopy``).
+_PROJECTING = threading.Lock()
 
 
 # Activations that may overwrite their input, where it is a layer's fresh output: their
@@ -283,14 +288,24 @@ class Deep(nn.Module):
         fields = projected_fields(self.cardinalities, table.embedding_dim, layer.out_features)
         if not fields:
             return None
-        made = self._projected
-        if made is None or not made.matches(weight, layer.weight, layer.bias):
-            offsets = self.fused_offsets.tolist()
-            made = project_first_layer(
-                weight, self.single_columns, offsets, layer.weight, layer.bias, fields
+
+        def current(made: ProjectedFirstLayer | None) -> bool:
+            return (
+                made is not None
+                and made.fields == tuple(fields)
+                and made.matches(weight, layer.weight, layer.bias)
             )
-            self._projected = made
-        return made
+
+        if current(self._projected):
+            return self._projected
+        with _PROJECTING:  # one build at a time: a server's threads may all find it stale
+            if not current(self._projected):
+                self._projected = None  # the stale tables go before the new ones are made
+                offsets = self.fused_offsets.tolist()
+                self._projected = project_first_layer(
+                    weight, self.single_columns, offsets, layer.weight, layer.bias, fields
+                )
+            return self._projected
 
     def _all_columns(self, ids: Tensor) -> bool:
         """Whether the fused table's fields are all of ``ids``' columns, in order."""

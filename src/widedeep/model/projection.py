@@ -50,12 +50,13 @@ def projected_fields(
     return sorted(chosen)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ProjectedFirstLayer:
     """The first layer's output (B, H), bias included, for the fused table's fields: the
     projected fields by an embedding bag over ``table``, the rest and the dense columns by
     products. Holds copies of the weights it was made from, to know when it is stale."""
 
+    fields: tuple[int, ...]  # the projected fields, indices into the fused table's fields
     table: Tensor  # (sum of the projected fields' cardinalities, H)
     columns: Tensor  # the projected fields' columns in the ids
     offsets: Tensor  # their first rows in ``table``
@@ -138,6 +139,7 @@ def project_first_layer(
 
     empty = weight.new_zeros((0, weight.shape[0]))
     return ProjectedFirstLayer(
+        fields=tuple(fields),
         table=table,
         columns=longs([columns[f] for f in fields]),
         offsets=longs(starts[:-1]),
