@@ -3,6 +3,8 @@ always current (``widedeep.inference``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -48,6 +50,21 @@ def unprojected(
         return predict(model, table, batch_size)
 
 
+def projected_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of each batch the projected first layer computes, as they come."""
+    used: list[int] = []
+    call = ProjectedFirstLayer.__call__
+
+    def recorded(
+        self: ProjectedFirstLayer, table: torch.Tensor, ids: torch.Tensor, dense: Any
+    ) -> torch.Tensor:
+        used.append(len(ids))
+        return call(self, table, ids, dense)
+
+    monkeypatch.setattr(ProjectedFirstLayer, "__call__", recorded)
+    return used
+
+
 def test_large_batches_score_through_the_projected_first_layer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -57,13 +74,7 @@ def test_large_batches_score_through_the_projected_first_layer(
     monkeypatch.setattr(
         WideDeep, "projected_first_layer", lambda self: made.append(original(self)) or made[-1]
     )
-    used: list[int] = []
-    call = ProjectedFirstLayer.__call__
-    monkeypatch.setattr(
-        ProjectedFirstLayer,
-        "__call__",
-        lambda self, table, ids, dense: used.append(len(ids)) or call(self, table, ids, dense),
-    )
+    used = projected_batches(monkeypatch)
     scores = predict(model, table, batch_size=2048)
     assert len(made) == 1 and made[0] is not None  # looked up once for the call's 3 batches
     assert used == [2048, 2048]  # the last batch, 904 rows, took the plain product

@@ -29,12 +29,12 @@ from fixtures_train import (
     skip_plots,
     write_tables,
 )
+from test_inference import projected_batches
 from test_recommend import ITEM, LABEL, USER, RecRun, shared_rec_run
 from widedeep import serve as serve_module
 from widedeep.bundle import Bundle, load_bundle
 from widedeep.errors import ConfigError, SchemaError
 from widedeep.model import deep as deep_module
-from widedeep.model.projection import ProjectedFirstLayer
 from widedeep.recommend import top_k
 from widedeep.serve import ServeSettings, build_app, serve
 from widedeep.training.loop import train
@@ -181,13 +181,7 @@ def test_micro_batches_of_1024_rows_take_the_projected_tables_as_the_library_doe
     base["schema"]["wide"], base["schema"]["deep"] = ["user", "item"], ["user", "item", "price"]
     run = train(run_config(base, ["train.epochs=1"]), tmp_path / "run")
     bundle = load_bundle(run.bundle_dir)
-    used: list[int] = []
-    call = ProjectedFirstLayer.__call__
-    monkeypatch.setattr(
-        ProjectedFirstLayer,
-        "__call__",
-        lambda self, table, ids, dense: used.append(len(ids)) or call(self, table, ids, dense),
-    )
+    used = projected_batches(monkeypatch)
     made: list[int] = []
     build = deep_module.project_first_layer
     monkeypatch.setattr(deep_module, "project_first_layer", lambda *a: made.append(1) or build(*a))
