@@ -72,7 +72,7 @@ def main() -> None:
     def first_layer(batch: Batch) -> torch.Tensor:
         if projected is None:
             return deep._first_layer_apart(batch.ids, dense_of(batch))
-        return projected(deep.fused_table.weight, batch.ids, dense_of(batch))
+        return deep._first_layer_projected(projected, batch.ids, (), dense_of(batch))
 
     def each_batch(work: Callable[[Batch], object]) -> None:
         for batch in batches:
@@ -98,7 +98,7 @@ def main() -> None:
         median = alternating_seconds(work, args.rounds, warmup_rounds=1)
     rows = len(table)
     if projected is not None:
-        print(f"projected: {len(projected.columns)} of {len(deep.cardinalities)} fields, "
+        print(f"projected: {len(projected.fields)} of {len(deep.cardinalities)} fields, "
               f"{projected.table.numel() * 4 / 2**20:.0f} MB")  # fmt: skip
     print(f"scoring {rows:,} rows in batches of {INFER_BATCH}, medians of {args.rounds} rounds:")
     for name, seconds in median.items():

@@ -55,11 +55,9 @@ def projected_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     used: list[int] = []
     call = ProjectedFirstLayer.__call__
 
-    def recorded(
-        self: ProjectedFirstLayer, table: torch.Tensor, ids: torch.Tensor, dense: Any
-    ) -> torch.Tensor:
+    def recorded(self: ProjectedFirstLayer, ids: torch.Tensor, inputs: Any) -> torch.Tensor:
         used.append(len(ids))
-        return call(self, table, ids, dense)
+        return call(self, ids, inputs)
 
     monkeypatch.setattr(ProjectedFirstLayer, "__call__", recorded)
     return used

@@ -27,16 +27,18 @@ FIELDS = (
 
 def test_fields_are_projected_smallest_first_within_the_budget() -> None:
     # H = 10 floats of 4 bytes a row: 40, 20 and 3000 rows take 1600, 800 and 120000 bytes
-    assert projected_fields([40, 3000, 20], 4, 10, budget=2400) == [0, 2]
-    assert projected_fields([40, 3000, 20], 4, 10, budget=2399) == [2]
-    assert projected_fields([40, 3000, 20], 4, 10, budget=10**9) == [0, 1, 2]
-    assert projected_fields([40, 3000, 20], 4, 10, budget=799) == []
+    dims = [4, 4, 4]
+    assert projected_fields([40, 3000, 20], dims, 10, budget=2400) == [0, 2]
+    assert projected_fields([40, 3000, 20], dims, 10, budget=2399) == [2]
+    assert projected_fields([40, 3000, 20], dims, 10, budget=10**9) == [0, 1, 2]
+    assert projected_fields([40, 3000, 20], dims, 10, budget=799) == []
 
 
 def test_narrow_embeddings_are_not_projected() -> None:
     """A row of H floats is about the work of a 2 x H product: no gain to pay memory for."""
-    assert projected_fields([5, 5], 2, 8) == []
-    assert projected_fields([5, 5], 4, 8) == [0, 1]
+    assert projected_fields([5, 5], [2, 2], 8) == []
+    assert projected_fields([5, 5], [4, 4], 8) == [0, 1]
+    assert projected_fields([5, 5], [3, 16], 8) == [1]
 
 
 def deep_part(monkeypatch: pytest.MonkeyPatch, dense: int, hidden: list[int]) -> Deep:
@@ -70,12 +72,12 @@ def test_the_projected_first_layer_equals_the_product(
     model = deep_part(monkeypatch, dense, hidden)
     made = model.projected_first_layer()
     assert made is not None
-    assert made.columns.tolist() == [3, 1, 2]  # user, city, shop; item (3000 ids) is not
-    assert made.rest_columns.tolist() == [0]
+    assert made.fields == (0, 2, 3)  # user, city, shop; item (3000 ids) is not
+    assert made.columns.tolist() == [3, 1, 2]
     ids, values = inputs(257, dense)
     with torch.no_grad():
         expected = model._first_layer_apart(ids, values)
-        got = made(model.fused_table.weight, ids, values)
+        got = model._first_layer_projected(made, ids, (), values)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
         logits = model(ids, (), values, made)
         torch.testing.assert_close(logits, model(ids, (), values), rtol=1e-5, atol=1e-5)
@@ -86,20 +88,14 @@ def test_every_field_projected_leaves_no_product_of_embeddings(
 ) -> None:
     model = deep_part(monkeypatch, 2, [8])
     layer = model.first_layer
-    fields = list(range(len(FIELDS)))
-    made = project_first_layer(
-        model.fused_table.weight,
-        [3, 0, 1, 2],
-        [0, 40, 3040, 3045],
-        layer.weight,
-        layer.bias,
-        fields,
-    )
-    assert made.rest_columns.numel() == 0
+    every = list(range(len(FIELDS)))
+    rest = model._rest_blocks(every)
+    assert rest == [[slice(16, 17), slice(17, 18)]]  # the dense columns alone
+    made = project_first_layer(model._field_rows(), every, layer.weight, layer.bias, rest)
     ids, values = inputs(64, 2)
     with torch.no_grad():
         expected = model._first_layer_apart(ids, values)
-        got = made(model.fused_table.weight, ids, values)
+        got = model._first_layer_projected(made, ids, (), values)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -126,7 +122,7 @@ def test_it_is_made_once_and_again_after_any_write_to_the_weights(
         assert made is not before
         with torch.no_grad():
             torch.testing.assert_close(
-                made(table, ids, values),
+                model._first_layer_projected(made, ids, (), values),
                 model._first_layer_apart(ids, values),
                 rtol=1e-5,
                 atol=1e-5,
@@ -137,7 +133,7 @@ def test_it_is_made_once_and_again_after_any_write_to_the_weights(
     assert model.projected_first_layer() is before
 
 
-def test_nothing_is_projected_for_a_table_off_the_cpu_or_not_fused(
+def test_nothing_is_projected_off_the_cpu_out_of_float32_or_below_4_dimensions(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model = deep_part(monkeypatch, 2, [8])
@@ -145,8 +141,48 @@ def test_nothing_is_projected_for_a_table_off_the_cpu_or_not_fused(
     assert model.projected_first_layer() is None
     model.to("meta")
     assert model.projected_first_layer() is None
-    mixed = (SparseField("a", 5, 4), SparseField("b", 5, 8))  # two sizes: two tables
-    assert Deep(mixed, [0, 1], hidden_units=[8]).projected_first_layer() is None
+    narrow = (SparseField("a", 5, 2), SparseField("b", 5, 3))
+    assert Deep(narrow, [0, 1], hidden_units=[8]).projected_first_layer() is None
+
+
+def test_fields_with_tables_of_their_own_and_pooled_ones_are_scored_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Embeddings of different sizes (a table per field) and a multi-valued field: the small
+    single-valued fields are projected, the rest go through the product."""
+    monkeypatch.setattr(projection, "PROJECTED_BYTES", 60 * 4 * 8)
+    torch.manual_seed(0)
+    single = (
+        SparseField("user", 40, 6),
+        SparseField("item", 3000, 8),
+        SparseField("city", 5, 4),
+        SparseField("tiny", 3, 2),  # too narrow to project
+    )
+    tags = SparseField("tags", 7, 4, multi_valued=True, pooling="mean")
+    model = Deep(single, [2, 0, 1, 3], (tags,), [0], dense_names=["x0"], hidden_units=[8, 4]).eval()
+    assert not model.fused
+    with torch.no_grad():
+        for table in model.embeddings:
+            table.weight.normal_()  # type: ignore[operator]
+    made = model.projected_first_layer()
+    assert made is not None and made.fields == (0, 2)  # user and city; item is too large
+    generator = torch.Generator().manual_seed(3)
+    rows = 300
+    ids = torch.stack(
+        [torch.randint(0, c, (rows,), generator=generator) for c in (3000, 5, 40, 3)], dim=1
+    )
+    multi = (torch.randint(0, 7, (rows, 3), generator=generator),)
+    dense = torch.randn(rows, 1, generator=generator)
+    calls: list[int] = []
+    through = Deep._first_layer_projected
+    monkeypatch.setattr(
+        Deep, "_first_layer_projected", lambda *args: calls.append(1) or through(*args)
+    )
+    with torch.no_grad():
+        plain = model(ids, multi, dense)
+        got = model(ids, multi, dense, made)
+    assert calls == [1]
+    torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
 
 
 def test_a_smaller_budget_makes_it_again_with_fewer_fields(monkeypatch: pytest.MonkeyPatch) -> None:

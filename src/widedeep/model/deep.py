@@ -12,7 +12,12 @@ from torch import Tensor, nn
 from widedeep.errors import ConfigError
 from widedeep.features.layout import SparseField
 from widedeep.model.gather import gather_fields, traced
-from widedeep.model.projection import ProjectedFirstLayer, project_first_layer, projected_fields
+from widedeep.model.projection import (
+    FieldRows,
+    ProjectedFirstLayer,
+    project_first_layer,
+    projected_fields,
+)
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -122,6 +127,7 @@ class Deep(nn.Module):
         self.register_buffer("fused_columns", torch.tensor(self.single_columns, dtype=torch.long))
         self.register_buffer("fused_offsets", torch.tensor(offsets, dtype=torch.long))
         self.cardinalities = [f.cardinality for f in single]
+        self.single_dims = [f.embedding_dim for f in single]
         self._projected: ProjectedFirstLayer | None = None  # see ``projected_first_layer``
         multi_tables = [
             nn.Embedding(f.cardinality, f.embedding_dim, padding_idx=0, sparse=sparse)
@@ -222,11 +228,14 @@ class Deep(nn.Module):
                 first = (
                     self._first_layer_apart(ids, dense)
                     if projected is None
-                    else projected(table.weight, ids, dense)
+                    else self._first_layer_projected(projected, ids, (), dense)
                 )
                 return self._after_first_layer(first)
             x = gather_fields(table, ids, self.fused_columns, self.fused_offsets, dense)
             return self._output(self.mlp(x))
+        if projected is not None and self._scores_in_fp32(ids, dense):
+            first = self._first_layer_projected(projected, ids, multi_ids, dense)
+            return self._after_first_layer(first)
         parts = [block for _, block in self._blocks(ids, multi_ids, dense)]
         return self._output(self.mlp(torch.cat(parts, dim=1)))
 
@@ -235,12 +244,19 @@ class Deep(nn.Module):
         (no gradient, no autocast), outside an export or compiler trace."""
         table = self.fused_table
         return (
+            self._scores_in_fp32(ids, dense)
+            and table.max_norm is None
+            and table.weight.dtype == torch.float32
+        )
+
+    @staticmethod
+    def _scores_in_fp32(ids: Tensor, dense: Tensor | None) -> bool:
+        """Scoring in float32 on CPU: no gradient, no autocast, no export or compiler trace."""
+        return (
             not torch.is_grad_enabled()
             and ids.device.type == "cpu"
             and not torch.is_autocast_enabled("cpu")
             and not traced()
-            and table.max_norm is None
-            and table.weight.dtype == torch.float32
             and (dense is None or dense.dtype == torch.float32)
         )
 
@@ -271,29 +287,29 @@ class Deep(nn.Module):
         return out.addmm_(embedded, layer.weight[:, :width].t())
 
     def projected_first_layer(self) -> ProjectedFirstLayer | None:
-        """The first layer with its small fields projected (``widedeep.model.projection``),
-        for scoring in float32 on CPU; made on first use and made again once the weights
-        differ from those it was made from. None where no field is projected."""
-        if not self.fused or self.multi_names:
-            return None
-        table, layer = self.fused_table, self.first_layer
-        weight = table.weight
-        if (
-            weight.device.type != "cpu"
-            or weight.dtype != torch.float32
-            or layer.weight.dtype != torch.float32
-            or table.max_norm is not None
+        """The first layer with its small single-valued fields projected
+        (``widedeep.model.projection``), for scoring in float32 on CPU; made on first use
+        and made again once the weights differ from those it was made from. None where no
+        field is projected."""
+        layer = self.first_layer
+        tables = [t for t in self.embeddings if isinstance(t, nn.Embedding)]
+        if not tables or any(
+            t.weight.device.type != "cpu" or t.weight.dtype != torch.float32 or t.max_norm
+            for t in tables
         ):
             return None
-        fields = projected_fields(self.cardinalities, table.embedding_dim, layer.out_features)
-        if not fields:
+        if layer.weight.device.type != "cpu" or layer.weight.dtype != torch.float32:
             return None
+        chosen = projected_fields(self.cardinalities, self.single_dims, layer.out_features)
+        if not chosen:
+            return None
+        fields = self._field_rows()
 
         def current(made: ProjectedFirstLayer | None) -> bool:
             return (
                 made is not None
-                and made.fields == tuple(fields)
-                and made.matches(weight, layer.weight, layer.bias)
+                and made.fields == tuple(chosen)
+                and made.matches(fields, layer.weight, layer.bias)
             )
 
         if current(self._projected):
@@ -301,11 +317,59 @@ class Deep(nn.Module):
         with _PROJECTING:  # one build at a time: a server's threads may all find it stale
             if not current(self._projected):
                 self._projected = None  # the stale tables go before the new ones are made
-                offsets = self.fused_offsets.tolist()
                 self._projected = project_first_layer(
-                    weight, self.single_columns, offsets, layer.weight, layer.bias, fields
+                    fields, chosen, layer.weight, layer.bias, self._rest_blocks(chosen)
                 )
             return self._projected
+
+    def _field_rows(self) -> list[FieldRows]:
+        """Where each single-valued field's embeddings are now."""
+        if self.fused:
+            weight = self.fused_table.weight
+            starts = self.fused_offsets.tolist()
+            spans = list(zip(starts, [*starts[1:], weight.shape[0]], strict=True))
+            tables = [(weight, start, stop) for start, stop in spans]
+        else:
+            weights = [t.weight for t in self.embeddings if isinstance(t, nn.Embedding)]
+            tables = [(weight, 0, weight.shape[0]) for weight in weights]
+        return [
+            FieldRows(table, start, stop, column, self.blocks[name])
+            for (table, start, stop), column, name in zip(
+                tables, self.single_columns, self.single_names, strict=True
+            )
+        ]
+
+    def _rest_blocks(self, chosen: Collection[int]) -> list[list[slice]]:
+        """The first layer's input blocks of each input ``_first_layer_projected`` passes
+        besides the projected fields, in its order."""
+        singles = [self.blocks[n] for i, n in enumerate(self.single_names) if i not in chosen]
+        dense = [self.blocks[n] for n in self.dense_names]
+        if self.fused and not self.multi_names:  # the other fields' rows, then the dense
+            return [blocks for blocks in (singles, dense) if blocks]
+        everything = [*singles, *(self.blocks[n] for n in self.multi_names), *dense]
+        return [everything] if everything else []
+
+    def _first_layer_projected(
+        self,
+        projected: ProjectedFirstLayer,
+        ids: Tensor,
+        multi_ids: Sequence[Tensor],
+        dense: Tensor | None,
+    ) -> Tensor:
+        """The first layer's output (B, H), bias included, through ``projected``."""
+        rest = [i for i in range(len(self.single_names)) if i not in projected.fields]
+        if self.fused and not self.multi_names:
+            inputs = []
+            if rest:
+                rows = ids.index_select(1, self.fused_columns[rest]) + self.fused_offsets[rest]
+                embedded = self.fused_table.weight.index_select(0, rows.view(-1))
+                inputs.append(embedded.view(ids.shape[0], -1))
+            if dense is not None:
+                inputs.append(dense)
+            return projected(ids, inputs)
+        names = {self.single_names[i] for i in rest} | set(self.multi_names) | set(self.dense_names)
+        blocks = [block for _, block in self._blocks(ids, multi_ids, dense, names)]
+        return projected(ids, [torch.cat(blocks, dim=1)] if blocks else [])
 
     def _all_columns(self, ids: Tensor) -> bool:
         """Whether the fused table's fields are all of ``ids``' columns, in order."""
