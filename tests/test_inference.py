@@ -21,20 +21,33 @@ LAYOUT = FeatureLayout(
     single=(SparseField("user", 50, 8), SparseField("item", 20, 8), SparseField("city", 6, 8)),
     dense=("price",),
 )
+# Embeddings of different sizes (a table per field) and a multi-valued field.
+MIXED = FeatureLayout(
+    single=(SparseField("user", 50, 8), SparseField("item", 20, 6), SparseField("city", 6, 4)),
+    multi=(SparseField("tags", 9, 4, multi_valued=True),),
+    dense=("price",),
+)
 
 
-def model_and_table(rows: int = 5000) -> tuple[WideDeep, TensorTable]:
+def model_and_table(
+    rows: int = 5000, layout: FeatureLayout = LAYOUT
+) -> tuple[WideDeep, TensorTable]:
     torch.manual_seed(0)
-    model = WideDeep.from_layout(LAYOUT, hidden_units=[16, 8], sparse_gradients=True)
+    model = WideDeep.from_layout(layout, hidden_units=[16, 8], sparse_gradients=True)
+    assert model.deep is not None
     with torch.no_grad():  # embeddings of the scale training gives
-        model.deep.fused_table.weight.normal_()  # type: ignore[union-attr]
+        for table in model.deep.embeddings:
+            table.weight.normal_()  # type: ignore[operator]
     generator = torch.Generator().manual_seed(1)
     ids = torch.stack(
-        [torch.randint(0, f.cardinality, (rows,), generator=generator) for f in LAYOUT.single], 1
+        [torch.randint(0, f.cardinality, (rows,), generator=generator) for f in layout.single], 1
+    )
+    multi = tuple(
+        torch.randint(0, f.cardinality, (rows, 3), generator=generator) for f in layout.multi
     )
     dense = torch.randn(rows, 1, generator=generator)
     labels = (torch.rand(rows, generator=generator) < 0.3).float()
-    return model, TensorTable(ids, (), dense, labels)
+    return model, TensorTable(ids, multi, dense, labels)
 
 
 def rows(table: TensorTable, start: int, stop: int) -> TensorTable:
@@ -92,10 +105,15 @@ def test_the_same_batches_give_the_same_bits_however_the_rows_are_split() -> Non
     assert np.array_equal(whole, np.concatenate(calls))
 
 
-def test_scores_follow_each_training_step(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("layout", [LAYOUT, MIXED], ids=["one table", "a table per field"])
+def test_scores_follow_each_training_step(
+    monkeypatch: pytest.MonkeyPatch, layout: FeatureLayout
+) -> None:
     """LazyAdam writes the embedding rows through numpy (torch's version counters do not
     move); scores after each step are the new weights' scores all the same."""
-    model, table = model_and_table()
+    model, table = model_and_table(layout=layout)
+    assert model.deep is not None and model.deep.fused == (layout is LAYOUT)
+    used = projected_batches(monkeypatch)
     optimizer = LazyAdam(model.parameters(), lr=0.05)
     before = predict(model, table, batch_size=2048)
     for step in range(3):
@@ -107,6 +125,7 @@ def test_scores_follow_each_training_step(monkeypatch: pytest.MonkeyPatch) -> No
         loss.backward()
         optimizer.step()
         after = predict(model, table, batch_size=2048)
+        assert used[-2:] == [2048, 2048]
         assert np.abs(after - before).max() > 1e-3  # the step moved the scores
         expected = unprojected(monkeypatch, model, table, 2048)
         np.testing.assert_allclose(after, expected, rtol=0, atol=1e-6)

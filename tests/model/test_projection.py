@@ -26,12 +26,13 @@ FIELDS = (
 
 
 def test_fields_are_projected_smallest_first_within_the_budget() -> None:
-    # H = 10 floats of 4 bytes a row: 40, 20 and 3000 rows take 1600, 800 and 120000 bytes
+    # H = 10 and D = 4 floats of 4 bytes a row (table and copy): 40, 20 and 3000 rows
+    # take 2240, 1120 and 168000 bytes
     dims = [4, 4, 4]
-    assert projected_fields([40, 3000, 20], dims, 10, budget=2400) == [0, 2]
-    assert projected_fields([40, 3000, 20], dims, 10, budget=2399) == [2]
+    assert projected_fields([40, 3000, 20], dims, 10, budget=3360) == [0, 2]
+    assert projected_fields([40, 3000, 20], dims, 10, budget=3359) == [2]
     assert projected_fields([40, 3000, 20], dims, 10, budget=10**9) == [0, 1, 2]
-    assert projected_fields([40, 3000, 20], dims, 10, budget=799) == []
+    assert projected_fields([40, 3000, 20], dims, 10, budget=1119) == []
 
 
 def test_narrow_embeddings_are_not_projected() -> None:
@@ -43,7 +44,8 @@ def test_narrow_embeddings_are_not_projected() -> None:
 
 def deep_part(monkeypatch: pytest.MonkeyPatch, dense: int, hidden: list[int]) -> Deep:
     """A fused deep part whose budget projects user, city and shop but not item."""
-    monkeypatch.setattr(projection, "PROJECTED_BYTES", 345 * 4 * (hidden or [1])[0])
+    width = (hidden or [1])[0]
+    monkeypatch.setattr(projection, "PROJECTED_BYTES", 345 * 4 * (width + 4))
     torch.manual_seed(0)
     names = [f"x{i}" for i in range(dense)]
     model = Deep(FIELDS, [3, 0, 1, 2], dense_names=names, hidden_units=hidden).eval()
@@ -150,7 +152,7 @@ def test_fields_with_tables_of_their_own_and_pooled_ones_are_scored_the_same(
 ) -> None:
     """Embeddings of different sizes (a table per field) and a multi-valued field: the small
     single-valued fields are projected, the rest go through the product."""
-    monkeypatch.setattr(projection, "PROJECTED_BYTES", 60 * 4 * 8)
+    monkeypatch.setattr(projection, "PROJECTED_BYTES", 40 * 4 * (8 + 6) + 5 * 4 * (8 + 4))
     torch.manual_seed(0)
     single = (
         SparseField("user", 40, 6),
@@ -183,13 +185,25 @@ def test_fields_with_tables_of_their_own_and_pooled_ones_are_scored_the_same(
         got = model(ids, multi, dense, made)
     assert calls == [1]
     torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
+    # a write to a projected field's own table, and a table replaced: made again
+    user, city = model.embeddings[0], model.embeddings[2]
+    user.weight.detach().numpy()[7] += 1.0  # type: ignore[operator]
+    again = model.projected_first_layer()
+    assert again is not None and again is not made
+    city.weight = torch.nn.Parameter(torch.randn(5, 4))  # type: ignore[union-attr]
+    third = model.projected_first_layer()
+    assert third is not None and third is not again
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(ids, multi, dense, third), model(ids, multi, dense), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_a_smaller_budget_makes_it_again_with_fewer_fields(monkeypatch: pytest.MonkeyPatch) -> None:
     model = deep_part(monkeypatch, 2, [8])
     made = model.projected_first_layer()
     assert made is not None and made.fields == (0, 2, 3)
-    monkeypatch.setattr(projection, "PROJECTED_BYTES", 45 * 4 * 8)  # city and user only
+    monkeypatch.setattr(projection, "PROJECTED_BYTES", 45 * 4 * (8 + 4))  # city and user only
     again = model.projected_first_layer()
     assert again is not None and again.fields == (0, 2)
 

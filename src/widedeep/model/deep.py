@@ -294,7 +294,9 @@ class Deep(nn.Module):
         layer = self.first_layer
         tables = [t for t in self.embeddings if isinstance(t, nn.Embedding)]
         if not tables or any(
-            t.weight.device.type != "cpu" or t.weight.dtype != torch.float32 or t.max_norm
+            t.weight.device.type != "cpu"
+            or t.weight.dtype != torch.float32
+            or t.max_norm is not None
             for t in tables
         ):
             return None

@@ -14,8 +14,9 @@ product as before.
 On the 2-core CPU, ``predict`` over the benchmark's 200k test rows ran 1.30x, 1.37x and
 1.51x faster with 2.7, 26 and 62 MB of projected tables (11, 16 and 18 of its 26 fields),
 and 1.62x with 394 MB (25 fields), in one process, 9 alternating rounds each (paired
-medians). ``PROJECTED_BYTES`` caps the tables' memory; the smallest fields go first, as
-they save the same work per row for the least memory.
+medians). ``PROJECTED_BYTES`` caps the memory of the tables and of the copies of the
+embeddings they are checked against; the smallest fields go first, as they save the same
+work per row for the least memory.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional
 
-# The most memory the projected tables of one model may take.
-PROJECTED_BYTES = 64 * 2**20
+# The most memory the projected tables of one model, and the copies of the embeddings they
+# are checked against, may take together.
+PROJECTED_BYTES = 80 * 2**20
 # Below this embedding size a projected row (H floats) is not much less work than the
 # product it replaces (D x H multiply-adds).
 MIN_PROJECTED_DIM = 4
@@ -41,14 +43,15 @@ def projected_fields(
     width: int,
     budget: int | None = None,
 ) -> list[int]:
-    """The fields (indices into ``cardinalities``) whose projected tables fit ``budget``
-    bytes together (default ``PROJECTED_BYTES``), smallest first, leaving out embeddings
-    narrower than ``MIN_PROJECTED_DIM``; ``width``: the first layer's output size H."""
+    """The fields (indices into ``cardinalities``) whose projected tables (H floats a row)
+    and embedding copies (D floats a row) fit ``budget`` bytes together (default
+    ``PROJECTED_BYTES``), smallest first, leaving out embeddings narrower than
+    ``MIN_PROJECTED_DIM``; ``width``: the first layer's output size H."""
     budget = PROJECTED_BYTES if budget is None else budget
     chosen, used = [], 0
     candidates = [f for f in range(len(cardinalities)) if embedding_dims[f] >= MIN_PROJECTED_DIM]
     for field in sorted(candidates, key=lambda f: (cardinalities[f], f)):
-        size = cardinalities[field] * width * 4
+        size = cardinalities[field] * (width + embedding_dims[field]) * 4
         if used + size > budget:
             break
         chosen.append(field)
@@ -56,7 +59,7 @@ def projected_fields(
     return sorted(chosen)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FieldRows:
     """Where a single-valued field's embeddings are: rows ``start:stop`` of ``table``
     (its own table, or its share of a fused one); its ids in column ``column`` of the ids;
@@ -76,9 +79,9 @@ class FieldRows:
 @dataclass(frozen=True, eq=False)
 class ProjectedFirstLayer:
     """The first layer's output (B, H), bias included: the projected fields by an
-    embedding bag over ``table``, each other input (the other fields' embeddings, the dense
-    columns) by a product with its columns of the weight. Holds copies of the weights it
-    was made from, to know when it is stale."""
+    embedding bag over ``table``, each other input (the other fields' embeddings, pooled
+    multi-valued fields, the dense columns) by a product with its columns of the weight.
+    Holds copies of the weights it was made from, to know when it is stale."""
 
     fields: tuple[int, ...]  # the projected fields, indices into the single-valued fields
     table: Tensor  # (sum of the projected fields' cardinalities, H)
