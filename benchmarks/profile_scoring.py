@@ -17,7 +17,9 @@ Also, outside that sum, the fused lookup that builds the whole MLP input (bf16 s
 and training's path), the MLP with its output layer on one such input, and the first layer
 without the projected tables (every field's embedding through the product). Then
 torch.profiler's top operators of ``predict``. This is the profile the performance notes
-quote for scoring.
+quote for scoring. With ``--embedding-dim 0`` the C fields take the default rule's sizes,
+a table per field; the pieces that need one shared table are then left out, and the first
+layer without projected tables goes through the concatenated input.
 """
 
 from __future__ import annotations
@@ -57,22 +59,32 @@ def main() -> None:
     table = TensorTable.from_encoded(preprocessor.transform(pl.read_parquet(args.test)))
     model = build_model(config, preprocessor, sparse_gradients=False).eval()
     deep, wide = model.deep, model.wide
-    assert deep is not None and wide is not None and deep.fused
+    assert deep is not None and wide is not None
+    one_table = deep.fused and not deep.multi_names  # else a table per field
     cpu = torch.device("cpu")
     width = deep.first_layer.in_features
     bare = mlp(width, [int(h) for h in args.hidden.split(",")]).eval()
     inputs = torch.randn(INFER_BATCH, width)
     batches = list(table.batches(INFER_BATCH))
-    first_input = lookup(deep, batches[0])
     dense_of = (lambda batch: batch.dense) if deep.dense_dim else (lambda batch: None)
-    with torch.no_grad():
-        projected = model.projected_first_layer()
-        first_output = deep._first_layer_apart(batches[0].ids, dense_of(batches[0]))
+
+    def unprojected(batch: Batch) -> torch.Tensor:
+        """The first layer's output without projected tables: apart from the MLP's input
+        for one table, through the concatenated input for a table per field."""
+        if one_table:
+            return deep._first_layer_apart(batch.ids, dense_of(batch))
+        blocks = deep._blocks(batch.ids, batch.multi_ids, dense_of(batch))
+        return deep.first_layer(torch.cat([block for _, block in blocks], dim=1))
 
     def first_layer(batch: Batch) -> torch.Tensor:
         if projected is None:
-            return deep._first_layer_apart(batch.ids, dense_of(batch))
-        return deep._first_layer_projected(projected, batch.ids, (), dense_of(batch))
+            return unprojected(batch)
+        multi = () if one_table else batch.multi_ids
+        return deep._first_layer_projected(projected, batch.ids, multi, dense_of(batch))
+
+    with torch.no_grad():
+        projected = model.projected_first_layer()
+        first_output = unprojected(batches[0])
 
     def each_batch(work: Callable[[Batch], object]) -> None:
         for batch in batches:
@@ -87,13 +99,15 @@ def main() -> None:
         # one batch's real values over and over, as the bare forward reads its random input
         # (the activations work in place: a second pass leaves the same values)
         "  rest of deep part": lambda: each_batch(lambda _: deep._after_first_layer(first_output)),
-        "  wide part": lambda: each_batch(lambda batch: wide(batch.ids)),
-        "fused lookup": lambda: each_batch(lambda batch: lookup(deep, batch)),
-        "MLP + output fp32": lambda: each_batch(lambda _: deep._output(deep.mlp(first_input))),
-        "unprojected layer": lambda: each_batch(
-            lambda batch: deep._first_layer_apart(batch.ids, dense_of(batch))
-        ),
+        "  wide part": lambda: each_batch(lambda batch: wide(batch.ids, batch.multi_ids)),
+        "unprojected layer": lambda: each_batch(unprojected),
     }
+    if one_table:
+        first_input = lookup(deep, batches[0])
+        work["fused lookup"] = lambda: each_batch(lambda batch: lookup(deep, batch))
+        work["MLP + output fp32"] = lambda: each_batch(
+            lambda _: deep._output(deep.mlp(first_input))
+        )
     with torch.no_grad():  # the first round warms every path up
         median = alternating_seconds(work, args.rounds, warmup_rounds=1)
     rows = len(table)

@@ -51,7 +51,7 @@ def criteo_config(args: argparse.Namespace, train: str, test: str) -> RunConfig:
         else {"kind": "categorical"}
     )
     features += [
-        {"name": name, **categorical, "embedding_dim": args.embedding_dim}
+        {"name": name, **categorical, "embedding_dim": args.embedding_dim or None}
         for name in columns.categorical
     ]
     optimizer = {"name": args.optimizer, "lr": args.lr}
@@ -179,7 +179,12 @@ def peak_rss_mb() -> float:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options ``criteo_config`` reads (shared with ``profile_step.py``)."""
     parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--embedding-dim", type=int, default=16)
+    parser.add_argument(
+        "--embedding-dim",
+        type=int,
+        default=16,
+        help="every C field's embedding size (0: the default rule's, by cardinality)",
+    )
     parser.add_argument("--hidden", default="256,128")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--optimizer", default="adam")
