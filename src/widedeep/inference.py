@@ -23,6 +23,20 @@ SCORE_BATCH_SIZE = 4096
 PROJECTED_MIN_BATCH = 1024
 
 
+def projected_for(
+    model: WideDeep, rows: int, device: str | torch.device, precision: Precision
+) -> ProjectedFirstLayer | None:
+    """The projected first layer a batch of ``rows`` rows scores through (made now if need
+    be), or None where it scores without: off the CPU, in bf16, or under
+    ``PROJECTED_MIN_BATCH`` rows."""
+    where = torch.device(device)
+    if where.type != "cpu" or rows < PROJECTED_MIN_BATCH:
+        return None
+    if resolve_precision(where, precision) != "fp32":
+        return None
+    return model.projected_first_layer()
+
+
 @torch.no_grad()
 def predict_parts(
     model: WideDeep,
@@ -48,21 +62,14 @@ def predict_parts(
     try:
         placed = table.place(where)
         model.check_inputs(placed.slice(0, len(placed)))  # once for all rows, not per batch
-        may_project = where.type == "cpu" and resolve_precision(where, precision) == "fp32"
-        found: list[ProjectedFirstLayer | None] = []  # looked up once a call, when first needed
-
-        def projected(rows: int) -> ProjectedFirstLayer | None:
-            if not may_project or rows < PROJECTED_MIN_BATCH:
-                return None
-            if not found:
-                found.append(model.projected_first_layer())
-            return found[0]
-
+        # made or checked once a call, where its largest batch takes it
+        projected = projected_for(model, min(batch_size, len(placed)), where, precision)
         # Parts stay on the device until the end: one copy back, no sync per batch.
         with autocast:
             for batch in placed.batches(batch_size):
                 batch = batch.to(where, non_blocking=True)
-                wide, deep = model.parts(batch, checked=True, projected=projected(len(batch)))
+                first = projected if len(batch) >= PROJECTED_MIN_BATCH else None
+                wide, deep = model.parts(batch, checked=True, projected=first)
                 wide_parts.append(wide.float())
                 deep_parts.append(deep.float())
     finally:

@@ -39,7 +39,7 @@ from widedeep.errors import ConfigError, SchemaError
 from widedeep.features.preprocessor import SideTable
 from widedeep.features.schema import FeatureSchema
 from widedeep.inference import predict_parts
-from widedeep.precision import Precision, precision_problem, resolve_precision
+from widedeep.precision import Precision, precision_problem
 from widedeep.recommend import Catalog, PairScorer, Retrieval, encode_users, load_catalog, retrieve
 from widedeep.tables import TableSource
 
@@ -431,9 +431,8 @@ class _Service:
         inference.predict_parts(
             self.bundle.model, table, settings.micro_batch, precision=settings.precision
         )
-        fp32 = resolve_precision(torch.device("cpu"), settings.precision) == "fp32"
-        if fp32 and settings.micro_batch >= inference.PROJECTED_MIN_BATCH:
-            self.bundle.model.projected_first_layer()  # made now, not by the first request
+        # made now, not by the first request
+        inference.projected_for(self.bundle.model, settings.micro_batch, "cpu", settings.precision)
 
     async def run(self, work: Callable[[], T]) -> T:
         """``work`` on a request thread if a slot is free (else 503), within the timeout."""

@@ -49,7 +49,7 @@ def _split(
     test: pl.DataFrame | None,
     user_key: str | None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None]:
-    if validation is not None and _nothing_split_off(data, True, test is not None):
+    if validation is not None and _nothing_split_off(data, test is not None):
         return frame, validation, test
     validation_fraction = 0.0 if validation is not None else data.validation_fraction
     test_fraction = 0.0 if test is not None else data.test_fraction
@@ -103,17 +103,17 @@ def _keys_alike(
     return frames
 
 
-def _nothing_split_off(data: DataConfig, has_validation: bool, has_test: bool) -> bool:
-    """Whether the validation rows, and the test rows if any are asked for, come from tables
-    of their own, so that nothing is split off the training table."""
-    return has_validation and (has_test or data.test_fraction == 0)
+def _nothing_split_off(data: DataConfig, has_test: bool) -> bool:
+    """With validation rows from a table of their own: whether the test rows, if any are
+    asked for, do too, so that nothing is split off the training table."""
+    return has_test or data.test_fraction == 0
 
 
 def held_out_in_own_files(data: DataConfig) -> bool:
     """Whether a flat table's validation and test rows all come from their own files, with
     nothing split off the training table: it can then be encoded before they are read."""
     has_validation, has_test = data.validation is not None, data.test is not None
-    return not data.is_recommendation and _nothing_split_off(data, has_validation, has_test)
+    return not data.is_recommendation and has_validation and _nothing_split_off(data, has_test)
 
 
 def read_flat_table(data: DataConfig, id_columns: Sequence[str] = ()) -> pl.DataFrame:
