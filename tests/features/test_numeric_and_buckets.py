@@ -231,3 +231,57 @@ def test_a_large_column_with_missing_values_encodes_each_row_as_a_small_table_do
     assert missing.sum() > 1_000 and (encoded[missing] == 0.0).all()
     want = np.log1p(column.fill_null(0).cast(pl.Float64).to_numpy()).astype(np.float32)
     assert np.array_equal(encoded, want)
+
+
+def test_a_large_table_encodes_block_by_block_as_whole_columns_would() -> None:
+    """The dense matrix is filled a block of rows at a time, on threads for large tables,
+    from columns that several features share: each feature's values must be its transform
+    of the filled column, cast to float32 once, as if the column were encoded whole, and
+    the shared column must reach every feature unchanged."""
+    rng = np.random.default_rng(0)
+    n = 250_003  # several blocks and two thread ranges, the last ones short
+    raw = rng.lognormal(1.0, 1.5, n)
+    raw[rng.random(n) < 0.2] = np.nan
+    features = [
+        {"name": "log", "kind": "numeric", "column": "x", "transform": "log1p", "fill": "zero"},
+        {
+            "name": "std",
+            "kind": "numeric",
+            "column": "x",
+            "transform": "standardize",
+            "fill": "mean",
+        },
+        {"name": "q", "kind": "numeric", "column": "x", "transform": "quantile", "fill": "median"},
+        {"name": "raw", "kind": "numeric", "column": "x", "transform": "none", "fill": "zero"},
+        {"name": "b", "kind": "bucketized", "column": "x", "boundaries": [1.0, 5.0]},
+    ]
+    schema = FeatureSchema.from_dict({"features": features})
+    frame = pl.DataFrame({"x": pl.Series(raw).fill_nan(None)})
+
+    encoded = Preprocessor(schema).fit_transform(frame)
+    pre = Preprocessor(schema).fit(frame)
+
+    state = pre.state_
+    assert state is not None
+    missing = np.isnan(raw)
+    filled = {
+        name: np.where(missing, state[name]["fill"], raw) for name in ("log", "std", "q", "raw")
+    }
+    quantiles = np.asarray(state["q"]["quantiles"])
+    low = np.searchsorted(quantiles, filled["q"], side="left")
+    high = np.searchsorted(quantiles, filled["q"], side="right")
+    want = {
+        "log": np.log1p(filled["log"]),
+        "std": (filled["std"] - state["std"]["mean"]) / state["std"]["std"],
+        "q": (low + high) / (2 * len(quantiles)),
+        "raw": filled["raw"],
+    }
+    assert pre.layout.dense == ("log", "std", "q", "raw")
+    for j, name in enumerate(pre.layout.dense):
+        assert np.array_equal(encoded.dense[:, j], want[name].astype(np.float32)), name
+    assert np.array_equal(encoded.dense, pre.transform(frame).dense)
+    buckets = encoded.ids[:, 0]
+    assert np.array_equal(buckets[missing], np.full(missing.sum(), UNKNOWN_ID))
+    assert np.array_equal(
+        buckets[~missing], FIRST_ID + np.searchsorted([1.0, 5.0], raw[~missing], side="right")
+    )

@@ -177,6 +177,17 @@ def test_log1p_check_at_transform() -> None:
         pre.transform(pl.DataFrame({"age": [-1.5]}))
 
 
+def test_log1p_of_the_fill_is_checked_where_a_value_is_missing_at_transform() -> None:
+    """Fitted on a column with no missing values, a fill of -2 passes fit; a table with a
+    missing value would take log1p(-2)."""
+    feature = {"name": "age", "kind": "numeric", "transform": "log1p", "fill": "value"}
+    pre = _preprocessor([{**feature, "fill_value": -2.0}])
+    pre.fit(pl.DataFrame({"age": [0.0, 1.0]}))
+
+    with pytest.raises(SchemaError, match=r"got -2.0 in row 1 \(feature 'age'\)"):
+        pre.transform(pl.DataFrame({"age": [3.0, None]}))
+
+
 def test_multi_categorical_rejects_a_float_column() -> None:
     message = _fit_error(
         [{"name": "apps", "kind": "multi_categorical"}], pl.DataFrame({"apps": [1.5]})

@@ -43,7 +43,7 @@ from widedeep.features.schema import (
     MultiCategoricalFeature,
     NumericFeature,
 )
-from widedeep.features.stacking import CodedIds, Column, stack_ids
+from widedeep.features.stacking import CodedIds, Column, over_row_ranges, stack_ids
 from widedeep.tables import TableSource, describe_source, read_table
 
 STATE_VERSION = 1
@@ -129,15 +129,50 @@ class _Tokens:
 
 
 @dataclass(frozen=True)
+class NumericColumn:
+    """A numeric feature's encoded column, held as the column read (float64, NaN where
+    missing; shared with the other features that read it) and the fitted fill and
+    transform, which run a block of rows at a time as the dense matrix is filled.
+
+    Encoding the whole column first made a float64 copy of it (8 MB a million rows), cast
+    to float32 into the matrix and dropped: memory touched for the first time, which was
+    most of preprocessing's time on a VM whose host backs a page only when it is first
+    written (``benchmarks/RESULTS.md``).
+    """
+
+    feature: NumericFeature
+    values: FloatArray
+    state: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def take(self, rows: NDArray[np.int64]) -> NumericColumn:
+        """The same column for the given rows."""
+        return NumericColumn(self.feature, self.values[rows], self.state)
+
+    def encode(self, start: int = 0, stop: int | None = None) -> FloatArray:
+        """The encoded values of rows ``start`` .. ``stop - 1`` (a new float64 array)."""
+        block = self.values[start:stop]
+        return _transformed(
+            self.feature, self.state, np.where(np.isnan(block), self.state["fill"], block)
+        )
+
+    def expand(self) -> FloatArray:
+        """Every row's encoded value."""
+        return self.encode()
+
+
+@dataclass(frozen=True)
 class SideTable:
     """The features of one side (a users or items table) encoded once, row-aligned.
 
-    values: per feature, ids (N,) / (N, L) or a dense column (N,); tokens: the raw-value
+    values: per feature, ids (N,) / (N, L) or a numeric column (N,); tokens: the raw-value
     hashes of cross components, so crosses with the other side can be formed per pair.
     """
 
     names: tuple[str, ...]
-    values: dict[str, NDArray[Any] | CodedIds]
+    values: dict[str, NDArray[Any] | CodedIds | NumericColumn]
     tokens: dict[str, _Tokens]
     report: TransformReport
 
@@ -344,7 +379,7 @@ class Preprocessor:
             for part in f.features
         }
         report = TransformReport(rows=frame.height)
-        values: dict[str, NDArray[Any] | CodedIds] = {}
+        values: dict[str, NDArray[Any] | CodedIds | NumericColumn] = {}
         tokens: dict[str, _Tokens] = {}
         resolved = [self.schema.feature(i) if isinstance(i, str) else i for i in features]
 
@@ -383,12 +418,14 @@ class Preprocessor:
         """Stack features in layout order, gathering each from its side's rows."""
         layout = self.layout
 
-        def value(name: str) -> Column:
+        def value(name: str) -> Column | NumericColumn:
             side, rows = source_of(name)
             array = side.values[name]
             if rows is None:
                 return array
-            return array.take(rows) if isinstance(array, CodedIds) else array[rows]
+            if isinstance(array, CodedIds | NumericColumn):
+                return array.take(rows)
+            return array[rows]
 
         def tokens(name: str) -> _Tokens:
             side, rows = source_of(name)
@@ -403,18 +440,20 @@ class Preprocessor:
             feature = self.schema.feature(name)
             if isinstance(feature, CrossFeature):
                 return _encode_cross(feature, tokens, self.schema)
-            return value(name)
+            ids = value(name)
+            assert not isinstance(ids, NumericColumn)  # the layout's fields are not numeric
+            return ids
+
+        def numeric(name: str) -> NumericColumn | FloatArray:
+            if fields is not None and name not in fields:
+                return np.zeros(n)  # a placeholder, never read
+            column = value(name)
+            assert isinstance(column, NumericColumn)  # the layout's dense columns are numeric
+            return column
 
         ids = stack_ids([column(f.name) for f in layout.single], n)
         multi = tuple(_expanded(column(f.name)).reshape(n, -1) for f in layout.multi)
-        dense = _stack_columns(
-            [
-                _expanded(value(name)) if fields is None or name in fields else np.zeros(n)
-                for name in layout.dense
-            ],
-            n,
-            np.float32,
-        )
+        dense = _dense_matrix([numeric(name) for name in layout.dense], n)
         return EncodedTable(
             ids=np.ascontiguousarray(ids, dtype=np.int64),
             multi_ids=multi,
@@ -903,7 +942,7 @@ def _feature_stats(
             if feature.fill == "error" and missing.any():
                 _raise_missing(feature, values, where)
             if feature.transform == "log1p":
-                _check_log1p(feature, values, where)  # NaN <= -1 is false: missing pass
+                _check_log1p(feature, values, where)  # the fill is checked once it is fitted
         stats = FeatureStats(rows=len(values), missing=int(np.count_nonzero(missing)))
         needs_moments, needs_sample = _needs_moments(feature), _needs_sample(feature)
         if not (needs_moments or needs_sample):
@@ -1009,13 +1048,23 @@ def _raise_missing(feature: NumericFeature, values: FloatArray, where: str) -> N
     )
 
 
-def _check_log1p(feature: NumericFeature, values: FloatArray, where: str) -> None:
-    below = values <= -1
+def _check_log1p(
+    feature: NumericFeature,
+    values: FloatArray,
+    where: str,
+    missing: NDArray[np.bool_] | None = None,
+    fill: float = 0.0,
+) -> None:
+    """log1p needs values > -1: the column's, and ``fill`` in the ``missing`` rows if given."""
+    below = values <= -1  # False where missing (NaN)
+    if missing is not None and fill <= -1:
+        below |= missing
     if below.any():
         row = int(np.flatnonzero(below)[0])
+        value = fill if missing is not None and missing[row] else values[row]
         raise SchemaError(
             f"Column '{feature.source_column}' of {where}: log1p needs values > -1, "
-            f"got {values[row]} in row {row} (feature '{feature.name}')"
+            f"got {value} in row {row} (feature '{feature.name}')"
         )
 
 
@@ -1095,21 +1144,27 @@ def _expanded(column: Column | NDArray[Any]) -> NDArray[Any]:
     return column.expand() if isinstance(column, CodedIds) else np.ascontiguousarray(column)
 
 
-def _stack_columns(
-    columns: Sequence[NDArray[Any]], n: int, dtype: type[np.generic]
-) -> NDArray[Any]:
-    """Columns side by side as one row-major (n, len(columns)) array of ``dtype``.
+_DENSE_BLOCK = 16_384  # rows: the block's float64 temporaries (128 kB a column) stay in L2
 
-    Filled in blocks of rows that stay in cache: a plain ``np.stack(axis=1)`` writes each
-    column across the whole output and was 4x slower on 1M x 26 ids.
-    """
-    out = np.empty((n, len(columns)), dtype=dtype)
-    if not columns:
-        return out
-    block = 4096
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        np.stack([c[start:stop] for c in columns], axis=1, out=out[start:stop], casting="same_kind")
+
+def _dense_matrix(columns: Sequence[NumericColumn | FloatArray], n: int) -> NDArray[np.float32]:
+    """The numeric columns side by side as one row-major (n, len(columns)) float32 matrix,
+    each encoded a block of rows at a time straight into it (``NumericColumn``)."""
+    out = np.empty((n, len(columns)), dtype=np.float32)
+
+    def fill(first: int, last: int) -> None:
+        for start in range(first, last, _DENSE_BLOCK):
+            stop = min(start + _DENSE_BLOCK, last)
+            for j, column in enumerate(columns):
+                encoded = (
+                    column.encode(start, stop)
+                    if isinstance(column, NumericColumn)
+                    else column[start:stop]
+                )
+                out[start:stop, j] = encoded
+
+    if columns:
+        over_row_ranges(fill, n)
     return out
 
 
@@ -1231,14 +1286,21 @@ def _encode_numeric(
     state: dict[str, Any],
     where: str,
     cache: ColumnCache | None = None,
-) -> FloatArray:
+) -> NumericColumn:
+    """The feature's column, checked now (a missing value with fill 'error', a value log1p
+    cannot take) and encoded as the dense matrix is filled."""
     values = _column_numbers(frame, feature, where, cache)
     missing = np.isnan(values)
     if feature.fill == "error" and missing.any():
         _raise_missing(feature, values, where)
-    values = np.where(missing, state["fill"], values)  # a new array: the one read is shared
-    if feature.transform == "log1p":  # (transforms in place: less fresh memory to touch)
-        _check_log1p(feature, values, where)
+    if feature.transform == "log1p":
+        _check_log1p(feature, values, where, missing, state["fill"])
+    return NumericColumn(feature, values, state)
+
+
+def _transformed(feature: NumericFeature, state: dict[str, Any], values: FloatArray) -> FloatArray:
+    """``feature``'s transform of the filled ``values`` (overwritten where it can be)."""
+    if feature.transform == "log1p":
         return np.log1p(values, out=values)
     if feature.transform == "standardize":
         values -= state["mean"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -88,17 +88,21 @@ def stack_ids(columns: Sequence[Column], n: int) -> IdArray:
     columns = [
         c if isinstance(c, CodedIds) else np.ascontiguousarray(c, dtype=np.int64) for c in columns
     ]
-    # the rows split over threads (the loops release the GIL): most of the time is the
-    # first touch of the output's pages and misses in the id tables, which overlap
-    threads = min(os.cpu_count() or 1, max(1, n // _ROWS_PER_THREAD)) if columns else 1
-    bounds = np.linspace(0, n, threads + 1).astype(np.int64)
+    if columns:
+        over_row_ranges(lambda first, last: _fill(columns, out, first, last), n)
+    return out
+
+
+def over_row_ranges(fill: Callable[[int, int], None], n: int) -> None:
+    """``fill(first, last)`` over rows 0 .. n - 1, split into one range per thread for large
+    tables (the loops that fill a matrix release the GIL): most of their time is the first
+    touch of the output's pages and misses in lookup tables, which overlap."""
+    threads = min(os.cpu_count() or 1, max(1, n // _ROWS_PER_THREAD))
     if threads == 1:
-        _fill(columns, out, 0, n)
-        return out
+        fill(0, n)
+        return
+    bounds = np.linspace(0, n, threads + 1).astype(np.int64)
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        work = [
-            pool.submit(_fill, columns, out, int(a), int(b)) for a, b in itertools.pairwise(bounds)
-        ]
+        work = [pool.submit(fill, int(a), int(b)) for a, b in itertools.pairwise(bounds)]
         for done in work:
             done.result()
-    return out
