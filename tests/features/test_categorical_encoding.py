@@ -140,7 +140,7 @@ def test_feature_can_read_a_differently_named_column() -> None:
     assert "country" in encoded.report.columns
 
 
-def test_ids_are_int64_in_layout_column_order() -> None:
+def test_ids_are_int32_in_layout_column_order() -> None:
     frame = pl.DataFrame({"a": ["x", "y"], "b": ["p", "p"]})
     features = [{"name": "b", "kind": "categorical"}, {"name": "a", "kind": "categorical"}]
     pre = _fitted(frame, features)
@@ -148,7 +148,7 @@ def test_ids_are_int64_in_layout_column_order() -> None:
     encoded = pre.transform(frame)
 
     assert [f.name for f in pre.layout.single] == ["b", "a"]
-    assert encoded.ids.dtype == np.int64
+    assert encoded.ids.dtype == np.int32
     assert encoded.ids.tolist() == [[2, 2], [2, 3]]
     assert len(encoded) == 2
     assert encoded.labels is None

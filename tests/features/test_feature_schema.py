@@ -10,6 +10,7 @@ import yaml
 
 from widedeep.errors import ConfigError
 from widedeep.features.schema import (
+    MAX_BUCKETS,
     BucketizedFeature,
     CategoricalFeature,
     CrossFeature,
@@ -402,3 +403,17 @@ def test_from_yaml_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
         FeatureSchema.from_yaml(broken)
     with pytest.raises(ConfigError, match=r"nowhere\.yaml"):
         FeatureSchema.from_yaml(tmp_path / "nowhere.yaml")
+
+
+@pytest.mark.parametrize("kind", ["hashed", "cross"])
+def test_num_buckets_beyond_what_int32_ids_hold_is_an_error_naming_the_feature(kind: str) -> None:
+    too_many = {"name": "big", "kind": kind, "num_buckets": MAX_BUCKETS + 1}
+    if kind == "cross":
+        too_many["features"] = ["a", "b"]
+
+    message = _error({"features": [_cat("a"), _cat("b"), too_many]})
+
+    assert "num_buckets" in message
+    assert str(MAX_BUCKETS) in message
+    largest = {**too_many, "num_buckets": MAX_BUCKETS}
+    assert FeatureSchema.from_dict({"features": [_cat("a"), _cat("b"), largest]})

@@ -22,7 +22,7 @@ from widedeep.features.hashing import (
     mix64,
 )
 from widedeep.features.preprocessor import Preprocessor
-from widedeep.features.schema import FeatureSchema
+from widedeep.features.schema import FIRST_ID, MAX_BUCKETS, FeatureSchema
 
 STRINGS = [
     "",
@@ -134,6 +134,22 @@ def test_golden_feature_ids() -> None:
     assert ids[:, 2].tolist() == [97, 333, 632]
 
 
+def test_ids_of_the_largest_hash_space_fit_the_int32_id_matrix() -> None:
+    """The id matrix is int32: ids of a hashed field with the most buckets the schema
+    allows (about 2**31) keep their value, none wraps negative."""
+    schema = FeatureSchema.from_dict(
+        {"features": [{"name": "u", "kind": "hashed", "num_buckets": MAX_BUCKETS}]}
+    )
+    values = [f"user-{i}" for i in range(2_000)]
+
+    ids = Preprocessor(schema).fit_transform(pl.DataFrame({"u": values})).ids
+
+    hashes = hash_strings(pa.array(values))
+    assert ids.dtype == np.int32
+    assert ids[:, 0].tolist() == (FIRST_ID + hashes % np.uint64(MAX_BUCKETS)).tolist()
+    assert ids.max() > 2**30  # about half of them, were the hashes uniform
+
+
 # The child skips the package __init__ (which imports torch) so it starts in about a second;
 # the feature code it runs is the same.
 _CHILD = textwrap.dedent(
@@ -144,7 +160,7 @@ _CHILD = textwrap.dedent(
     sys.modules["widedeep"] = package
     import polars as pl
     from widedeep.features.preprocessor import Preprocessor
-    from widedeep.features.schema import FeatureSchema
+    from widedeep.features.schema import FIRST_ID, MAX_BUCKETS, FeatureSchema
 
     schema = FeatureSchema.from_dict(json.loads({schema!r}))
     frame = pl.DataFrame(json.loads({frame!r}))

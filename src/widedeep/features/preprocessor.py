@@ -43,7 +43,7 @@ from widedeep.features.schema import (
     MultiCategoricalFeature,
     NumericFeature,
 )
-from widedeep.features.stacking import CodedIds, Column, over_row_ranges, stack_ids
+from widedeep.features.stacking import CodedIds, Column, IdMatrix, over_row_ranges, stack_ids
 from widedeep.tables import TableSource, describe_source, read_table
 
 STATE_VERSION = 1
@@ -84,11 +84,11 @@ class TransformReport:
 class EncodedTable:
     """A table encoded for the model, in the column order of ``layout``.
 
-    ids: (N, F) int64 single-valued ids; multi_ids: one (N, L) int64 matrix per multi-valued
+    ids: (N, F) int32 single-valued ids; multi_ids: one (N, L) int64 matrix per multi-valued
     field (0 = padding); dense: (N, D) float32; labels: (N,) float32, or None.
     """
 
-    ids: IdArray
+    ids: IdMatrix
     multi_ids: tuple[IdArray, ...]
     dense: NDArray[np.float32]
     labels: NDArray[np.float32] | None
@@ -463,7 +463,7 @@ class Preprocessor:
         ids = stack_ids([column(f.name) for f in layout.single], n)
         multi = tuple(_expanded(column(f.name)).reshape(n, -1) for f in layout.multi)
         return EncodedTable(
-            ids=np.ascontiguousarray(ids, dtype=np.int64),
+            ids=ids,
             multi_ids=multi,
             dense=np.ascontiguousarray(dense),
             labels=None,

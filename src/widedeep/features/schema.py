@@ -29,6 +29,9 @@ FIRST_ID = 2
 
 Name = Annotated[str, Field(min_length=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
+# ids are held as int32 (half the memory of an encoded table): a field's ids lie below 2**31
+MAX_BUCKETS = 2**31 - 1 - FIRST_ID
+Buckets = Annotated[int, Field(ge=1, le=MAX_BUCKETS)]
 
 
 class _Base(Record):
@@ -57,7 +60,7 @@ class HashedFeature(_Embedded):
     """Strings or integers hashed (stably) into ``num_buckets`` ids; no vocabulary."""
 
     kind: Literal["hashed"] = "hashed"
-    num_buckets: PositiveInt
+    num_buckets: Buckets
 
 
 class NumericFeature(_Base):
@@ -118,7 +121,7 @@ class CrossFeature(_Embedded):
 
     kind: Literal["cross"] = "cross"
     features: Annotated[tuple[Name, ...], Field(min_length=2)]
-    num_buckets: PositiveInt
+    num_buckets: Buckets
 
 
 Feature = Annotated[
