@@ -330,6 +330,25 @@ def test_batch_size_must_be_positive(
         scorers["pt2"].predict(frame.head(3), batch_size=0)
 
 
+@pytest.mark.parametrize("program", ["pt2", "onnx"])
+def test_run_takes_the_preprocessors_int32_ids_and_refuses_float_ones(
+    scorers: dict[str, ExportedScorer], frame: pl.DataFrame, program: str
+) -> None:
+    """The programs take int64 ids: run widens the preprocessor's int32 ones a batch at a
+    time, and refuses floats, which a cast would truncate without a word."""
+    scorer = scorers[program]
+    encoded = scorer.encode(frame.head(5))
+    assert encoded.ids.dtype == np.int32
+
+    widened = scorer.run(encoded.ids.astype(np.int64), encoded.dense, encoded.multi_ids, 2)
+    assert all(
+        np.array_equal(scores, widened[name])
+        for name, scores in scorer.run(encoded.ids, encoded.dense, encoded.multi_ids, 2).items()
+    )
+    with pytest.raises(ConfigError, match="ids: the program takes integer ids, got float64"):
+        scorer.run(encoded.ids.astype(np.float64), encoded.dense, encoded.multi_ids)
+
+
 # --------------------------------------------------------------------------- other variants
 
 

@@ -444,6 +444,10 @@ class ExportedScorer:
         """
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        named = [("ids", ids), *((f"multi_{i}", m) for i, m in enumerate(multi_ids))]
+        for name, array in named:  # widened below, where a cast would truncate floats unseen
+            if not np.issubdtype(array.dtype, np.integer):
+                raise ConfigError(f"{name}: the program takes integer ids, got {array.dtype}")
         n = int(ids.shape[0])
         arrays: list[NDArray[Any]] = [ids, dense, *multi_ids]
         dtypes = [np.int64, np.float32, *(np.int64 for _ in multi_ids)]

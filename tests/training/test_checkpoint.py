@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib
 import json
 import os
@@ -24,6 +26,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fixtures_train import config_dict, one_thread, run_config, run_main, skip_plots, write_tables
+from widedeep.data.tensors import TensorTable
 from widedeep.errors import ConfigError, WideDeepError
 from widedeep.optim import FTRL, LazyAdagrad, LazyAdam
 from widedeep.training import checkpoint as ckpt
@@ -35,6 +38,7 @@ from widedeep.training.checkpoint import (
     load_checkpoint,
     restore,
     save_checkpoint,
+    table_fingerprint,
 )
 from widedeep.training.loop import TrainResult, train
 
@@ -566,3 +570,29 @@ def test_sigkilled_training_resumes_to_the_same_bundle(
     lines = (folder / "metrics.jsonl").read_text().splitlines()
     losses = [json.loads(line)["train_loss"] for line in lines]
     assert losses == [row["train_loss"] for row in reference.history]
+
+
+def test_a_table_fingerprint_holds_across_the_change_to_int32_ids() -> None:
+    """Checkpoints written while ids were int64 name their tables by that fingerprint: the
+    same table with int32 ids must give it, block after block of rows, and any other id
+    must not."""
+    rows = 65_536 * 2 + 5  # several blocks of widened ids, the last one short
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 2**31 - 1, (rows, 3), generator=generator, dtype=torch.int64)
+    table = TensorTable(
+        ids=ids.to(torch.int32),
+        multi_ids=(torch.zeros(rows, 2, dtype=torch.int64),),
+        dense=torch.rand(rows, 4, generator=generator),
+        labels=torch.zeros(rows),
+    )
+
+    before = hashlib.sha256()  # the definition checkpoints were written with
+    for tensor in (ids, *table.multi_ids, table.dense, table.labels):
+        before.update(f"{tensor.numpy().dtype}{tuple(tensor.shape)};".encode())
+        before.update(tensor.numpy().tobytes())
+    changed = table.ids.clone()
+    changed[-1, -1] += 1
+
+    assert table_fingerprint(table) == before.hexdigest()
+    assert table_fingerprint(dataclasses.replace(table, ids=ids)) == before.hexdigest()
+    assert table_fingerprint(dataclasses.replace(table, ids=changed)) != before.hexdigest()
