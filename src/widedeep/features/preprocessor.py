@@ -137,7 +137,7 @@ class NumericColumn:
     Encoding the whole column first made a float64 copy of it (8 MB a million rows), cast
     to float32 into the matrix and dropped: memory touched for the first time, which was
     most of preprocessing's time on a VM whose host backs a page only when it is first
-    written (``benchmarks/RESULTS.md``).
+    written (README, "Preprocessing").
     """
 
     feature: NumericFeature
