@@ -432,7 +432,7 @@ class ExportedScorer:
         self,
         ids: NDArray[np.int32] | NDArray[np.int64],
         dense: NDArray[np.float32],
-        multi_ids: Sequence[NDArray[np.int64]] = (),
+        multi_ids: Sequence[NDArray[np.int32] | NDArray[np.int64]] = (),
         batch_size: int = SCORE_BATCH_SIZE,
     ) -> dict[str, FloatArray]:
         """Run the program on encoded arrays, ``batch_size`` rows per call: output -> (N,).

@@ -49,7 +49,7 @@ def test_list_and_separated_strings_give_the_same_ids() -> None:
     (ids,) = from_lists.multi_ids
     assert ids.tolist() == [[2, 3, 0], [2, 0, 0], [4, 2, 3]]
     np.testing.assert_array_equal(from_strings.multi_ids[0], ids)
-    assert ids.dtype == np.int64
+    assert ids.dtype == np.int32
     assert from_lists.ids.shape == (3, 0)
 
 

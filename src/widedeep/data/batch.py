@@ -11,7 +11,8 @@ from torch import Tensor
 @dataclass(frozen=True)
 class Batch:
     """ids (B, F) int32 (as the preprocessor gives them) or int64; multi_ids: one (B, L)
-    int64 per multi-valued field; dense (B, D) float32; labels (B,) float32 or None."""
+    matrix of the same kind per multi-valued field; dense (B, D) float32; labels (B,)
+    float32 or None."""
 
     ids: Tensor
     multi_ids: tuple[Tensor, ...] = ()

@@ -84,12 +84,12 @@ class TransformReport:
 class EncodedTable:
     """A table encoded for the model, in the column order of ``layout``.
 
-    ids: (N, F) int32 single-valued ids; multi_ids: one (N, L) int64 matrix per multi-valued
+    ids: (N, F) int32 single-valued ids; multi_ids: one (N, L) int32 matrix per multi-valued
     field (0 = padding); dense: (N, D) float32; labels: (N,) float32, or None.
     """
 
     ids: IdMatrix
-    multi_ids: tuple[IdArray, ...]
+    multi_ids: tuple[IdMatrix, ...]
     dense: NDArray[np.float32]
     labels: NDArray[np.float32] | None
     report: TransformReport
@@ -461,7 +461,9 @@ class Preprocessor:
 
         dense = _dense_matrix([numeric(name) for name in layout.dense], n)
         ids = stack_ids([column(f.name) for f in layout.single], n)
-        multi = tuple(_expanded(column(f.name)).reshape(n, -1) for f in layout.multi)
+        multi = tuple(
+            _expanded(column(f.name)).reshape(n, -1).astype(np.int32) for f in layout.multi
+        )
         return EncodedTable(
             ids=ids,
             multi_ids=multi,

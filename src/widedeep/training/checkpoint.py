@@ -533,17 +533,16 @@ _FINGERPRINT_ROWS = 65_536  # rows of ids widened at a time: no table-sized copy
 
 
 def table_fingerprint(table: TensorTable) -> str:
-    """SHA-256 of an encoded table's tensors (shapes, dtypes and bytes). The ids are hashed
-    as int64, as they were held before they became int32, so a checkpoint written then
-    still matches the same table encoded now."""
+    """SHA-256 of an encoded table's tensors (shapes, dtypes and bytes). Id matrices are
+    hashed as int64, as they were held before they became int32, so a checkpoint written
+    then still matches the same table encoded now."""
     digest = hashlib.sha256()
-    ids = np.ascontiguousarray(table.ids.detach().cpu().numpy())
-    digest.update(f"int64{ids.shape};".encode())
-    for start in range(0, ids.shape[0], _FINGERPRINT_ROWS):
-        digest.update(ids[start : start + _FINGERPRINT_ROWS].astype(np.int64).data)
-    tensors = [*table.multi_ids, table.dense]
-    if table.labels is not None:
-        tensors.append(table.labels)
+    for matrix in (table.ids, *table.multi_ids):
+        ids = np.ascontiguousarray(matrix.detach().cpu().numpy())
+        digest.update(f"int64{ids.shape};".encode())
+        for start in range(0, ids.shape[0], _FINGERPRINT_ROWS):
+            digest.update(ids[start : start + _FINGERPRINT_ROWS].astype(np.int64).data)
+    tensors = [table.dense] if table.labels is None else [table.dense, table.labels]
     for tensor in tensors:
         array = np.ascontiguousarray(tensor.detach().cpu().numpy())
         digest.update(f"{array.dtype}{array.shape};".encode())
