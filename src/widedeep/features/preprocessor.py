@@ -144,23 +144,16 @@ class NumericColumn:
     values: FloatArray
     state: dict[str, Any]
 
-    def __len__(self) -> int:
-        return len(self.values)
-
     def take(self, rows: NDArray[np.int64]) -> NumericColumn:
         """The same column for the given rows."""
         return NumericColumn(self.feature, self.values[rows], self.state)
 
-    def encode(self, start: int = 0, stop: int | None = None) -> FloatArray:
+    def encode(self, start: int, stop: int) -> FloatArray:
         """The encoded values of rows ``start`` .. ``stop - 1`` (a new float64 array)."""
         block = self.values[start:stop]
         return _transformed(
             self.feature, self.state, np.where(np.isnan(block), self.state["fill"], block)
         )
-
-    def expand(self) -> FloatArray:
-        """Every row's encoded value."""
-        return self.encode()
 
 
 @dataclass(frozen=True)
