@@ -29,7 +29,7 @@ from widedeep.data.ctr import make_ctr
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRATCH = ROOT / "bench-scratch"
-ENCODED_BYTES_PER_ROW = 26 * 8 + 13 * 4 + 4  # int64 ids, float32 numbers, float32 label
+ENCODED_BYTES_PER_ROW = 26 * 4 + 13 * 4 + 4  # int32 ids, float32 numbers, float32 label
 
 
 def data(rows: int, test_rows: int) -> tuple[Path, Path]:

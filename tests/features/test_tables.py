@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
-from polars.testing import assert_frame_equal
+from polars.testing import assert_frame_equal, assert_series_equal
 
+from widedeep import tables
 from widedeep.errors import SchemaError
-from widedeep.features.preprocessor import Preprocessor
+from widedeep.features.preprocessor import EncodedTable, Preprocessor
 from widedeep.features.schema import FeatureSchema
-from widedeep.tables import describe_source, read_table, write_table
+from widedeep.tables import ParquetColumns, describe_source, read_columns, read_table, write_table
 
 FRAME = pl.DataFrame({"country": ["de", "fr", None], "age": [23, 41, 35], "score": [0.5, 1.5, 2.0]})
 
@@ -125,3 +128,157 @@ def test_preprocessor_fits_the_same_from_every_source(tmp_path: Path) -> None:
     states = [Preprocessor(schema).fit(source).state_ for source in sources]
 
     assert all(state == states[0] for state in states)
+
+
+# Every kind of feature, and columns that several features read.
+RICH_SCHEMA = FeatureSchema.from_dict(
+    {
+        "label": {"column": "clicked"},
+        "features": [
+            {"name": "user", "kind": "categorical", "min_count": 2},
+            {"name": "item", "kind": "hashed", "num_buckets": 1000},
+            {"name": "apps", "kind": "multi_categorical"},
+            {"name": "price", "kind": "numeric", "transform": "log1p", "fill": "zero"},
+            {"name": "price_z", "kind": "numeric", "column": "price", "transform": "standardize"},
+            {"name": "age", "kind": "bucketized", "boundaries": [20, 40]},
+            {
+                "name": "user_x_item",
+                "kind": "cross",
+                "features": ["user", "item"],
+                "num_buckets": 97,
+            },
+        ],
+        "wide": ["user", "item", "user_x_item"],
+        "deep": ["user", "item", "apps", "price", "price_z", "age"],
+    }
+)
+
+
+def rich_frame(rows: int, seed: int) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    price = rng.lognormal(2.0, 1.0, rows)
+    price[rng.random(rows) < 0.1] = np.nan
+    apps = [[f"a{j}" for j in rng.integers(0, 30, rng.integers(0, 4))] for _ in range(rows)]
+    users = rng.integers(0, 400, rows).astype(str).astype(object)
+    users[rng.random(rows) < 0.05] = None
+    return pl.DataFrame(
+        {
+            "user": users.tolist(),
+            "item": [f"item-{i}" for i in rng.zipf(1.3, rows) % 5000],
+            "apps": apps,
+            "price": pl.Series(price).fill_nan(None),
+            "age": rng.integers(15, 70, rows),
+            "clicked": rng.integers(0, 2, rows),
+        }
+    )
+
+
+def assert_same_encoding(left: EncodedTable, right: EncodedTable) -> None:
+    np.testing.assert_array_equal(left.ids, right.ids)
+    assert left.ids.dtype == right.ids.dtype
+    for a, b in zip(left.multi_ids, right.multi_ids, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(left.dense, right.dense)
+    assert left.labels is not None and right.labels is not None
+    np.testing.assert_array_equal(left.labels, right.labels)
+    assert left.report == right.report
+
+
+def spy_on_column_reads(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The ``columns`` argument of every Parquet read, in order."""
+    asked: list[Any] = []
+    read_parquet = pl.read_parquet
+
+    def spy(source: Any, *args: Any, **kwargs: Any) -> pl.DataFrame:
+        asked.append(kwargs.get("columns"))
+        return read_parquet(source, *args, **kwargs)
+
+    monkeypatch.setattr(tables.pl, "read_parquet", spy)
+    return asked
+
+
+@pytest.mark.parametrize("layout", ["file", "folder"])
+def test_a_parquet_table_is_fitted_and_encoded_a_column_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
+    """Fitting and encoding a Parquet path reads one column per read, never the whole
+    table, and gives the same bits as the table read whole (row groups and files split)."""
+    train, test = rich_frame(3000, seed=0), rich_frame(700, seed=1)
+    if layout == "file":
+        train_path, test_path = tmp_path / "train.parquet", tmp_path / "test.parquet"
+        train.write_parquet(train_path, row_group_size=500)
+        test.write_parquet(test_path, row_group_size=500)
+    else:
+        train_path, test_path = tmp_path / "train", tmp_path / "test"
+        for folder, frame in ((train_path, train), (test_path, test)):
+            folder.mkdir()
+            for part, start in enumerate(range(0, frame.height, 1000)):
+                frame[start : start + 1000].write_parquet(folder / f"part-{part}.parquet")
+    whole = Preprocessor(RICH_SCHEMA)
+    want_train = whole.fit_transform(train)
+    want_test = whole.transform(test)
+
+    asked = spy_on_column_reads(monkeypatch)
+    by_column = Preprocessor(RICH_SCHEMA)
+    got_train = by_column.fit_transform(train_path)
+    got_test = by_column.transform(test_path)
+    got_fit = Preprocessor(RICH_SCHEMA).fit(str(train_path))
+
+    assert asked and all(columns is not None and len(columns) == 1 for columns in asked)
+    assert by_column.state_ == whole.state_ == got_fit.state_
+    assert_same_encoding(got_train, want_train)
+    assert_same_encoding(got_test, want_test)
+
+
+def test_parquet_columns_reads_metadata_then_each_column_asked_for(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    FRAME.write_parquet(path)
+
+    table = read_columns(path)
+
+    assert isinstance(table, ParquetColumns)
+    assert (table.columns, table.height) == (FRAME.columns, FRAME.height)
+    assert read_columns(table) is table
+    assert describe_source(table) == str(path)
+    for name in FRAME.columns:
+        assert_series_equal(table.get_column(name), FRAME.get_column(name))
+    with pytest.raises(SchemaError, match=r"t\.parquet: no column 'city'"):
+        table.get_column("city")
+
+
+def test_csv_and_frames_are_still_read_whole(tmp_path: Path) -> None:
+    FRAME.write_csv(tmp_path / "t.csv")
+
+    assert_frame_equal(read_columns(tmp_path / "t.csv"), FRAME)  # type: ignore[arg-type]
+    assert read_columns(FRAME) is FRAME
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("absent.parquet", "no such file"),
+        ("empty-folder", "the folder holds no .parquet files"),
+        ("broken.parquet", "cannot be read as a table"),
+    ],
+)
+def test_an_unreadable_parquet_table_is_named_when_opened(
+    tmp_path: Path, name: str, message: str
+) -> None:
+    bad = tmp_path / name
+    if name == "empty-folder":
+        bad.mkdir()
+    elif name == "broken.parquet":
+        bad.write_bytes(b"this is not parquet")
+
+    with pytest.raises(SchemaError, match=rf"{name}: {message}"):
+        Preprocessor(RICH_SCHEMA).fit_transform(bad)
+
+
+def test_a_parquet_file_that_breaks_after_it_was_opened_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    FRAME.write_parquet(path)
+    table = ParquetColumns.open(path)
+    path.write_bytes(path.read_bytes()[:40])  # truncated: the footer is gone
+
+    with pytest.raises(SchemaError, match=r"t\.parquet: cannot be read as a table"):
+        table.get_column("age")

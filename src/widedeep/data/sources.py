@@ -119,10 +119,13 @@ def held_out_in_own_files(data: DataConfig) -> bool:
 def read_flat_table(data: DataConfig, id_columns: Sequence[str] = ()) -> pl.DataFrame:
     """A flat run's whole training table (``data.builtin`` or ``data.train``), before any
     split; ``id_columns`` as for ``load_splits``."""
+    return read_table(flat_source(data), text_columns=id_columns)
+
+
+def flat_source(data: DataConfig) -> TableSource:
+    """A flat run's training table as ``data`` names it: the built-in table, or the path."""
     assert not data.is_recommendation and (data.builtin is not None or data.train is not None)
-    if data.builtin:
-        return load_builtin(data.builtin)
-    return read_table(data.train, text_columns=id_columns)
+    return load_builtin(data.builtin) if data.builtin else data.train
 
 
 def load_splits(data: DataConfig, label: LabelSpec, id_columns: Sequence[str] = ()) -> Splits:

@@ -44,7 +44,7 @@ from widedeep.features.schema import (
     NumericFeature,
 )
 from widedeep.features.stacking import CodedIds, Column, IdMatrix, over_row_ranges, stack_ids
-from widedeep.tables import TableSource, describe_source, read_table
+from widedeep.tables import ColumnTable, TableSource, describe_source, read_columns, read_table
 
 STATE_VERSION = 1
 T = TypeVar("T")
@@ -103,7 +103,7 @@ class Chunk:
     """Consecutive rows of a larger table: ``frame`` holds rows ``offset``, ``offset + 1``,
     ... of the table named ``where``."""
 
-    frame: pl.DataFrame
+    frame: ColumnTable
     where: str
     offset: int = 0
 
@@ -181,18 +181,18 @@ class Preprocessor:
     # ----------------------------------------------------------------------------- fitting
     def fit(self, source: TableSource) -> Preprocessor:
         """Learn each feature's state from the training table ``source``."""
-        return self._fit_frame(self.read(source), describe_source(source))
+        return self._fit_frame(self._columns(source), describe_source(source))
 
     def fit_transform(self, source: TableSource) -> EncodedTable:
         """``fit`` then ``transform`` on the same table (read once, each id column
         dictionary-encoded once for both)."""
-        frame, where = self.read(source), describe_source(source)
+        frame, where = self._columns(source), describe_source(source)
         cache = ColumnCache()
         self._fit_frame(frame, where, cache)
         return self._transform_frame(frame, where, with_labels=None, cache=cache)
 
     def _fit_frame(
-        self, frame: pl.DataFrame, where: str, cache: ColumnCache | None = None
+        self, frame: ColumnTable, where: str, cache: ColumnCache | None = None
     ) -> Preprocessor:
         stats = self._chunk_stats(Chunk(frame, where), cache)
         return self._finish_fit(stats, where)
@@ -242,7 +242,7 @@ class Preprocessor:
     def transform(self, source: TableSource, *, with_labels: bool | None = None) -> EncodedTable:
         """Encode ``source``. ``with_labels``: None = if the label column is there, True = must."""
         self._check_fitted()
-        return self._transform_frame(self.read(source), describe_source(source), with_labels)
+        return self._transform_frame(self._columns(source), describe_source(source), with_labels)
 
     def transform_chunk(self, chunk: Chunk, *, with_labels: bool | None = None) -> EncodedTable:
         """Encode the rows of one chunk of a larger table (errors name the table's rows)."""
@@ -254,9 +254,14 @@ class Preprocessor:
         """Read ``source``; from CSV, id columns (and ``keys``) stay text ('01234' keeps its 0)."""
         return read_table(source, text_columns=[*self.schema.id_columns, *keys])
 
+    def _columns(self, source: TableSource) -> ColumnTable:
+        """``source`` for fitting and encoding: a Parquet path is read a column at a time, as
+        each is encoded, so that its raw rows are never whole in memory."""
+        return read_columns(source, text_columns=self.schema.id_columns)
+
     def _transform_frame(
         self,
-        frame: pl.DataFrame,
+        frame: ColumnTable,
         where: str,
         with_labels: bool | None,
         cache: ColumnCache | None = None,
@@ -359,7 +364,7 @@ class Preprocessor:
 
     def _encode_side(
         self,
-        frame: pl.DataFrame,
+        frame: ColumnTable,
         where: str,
         features: Iterable[Feature | str],
         cache: ColumnCache | None = None,
@@ -552,7 +557,7 @@ class Preprocessor:
 # ------------------------------------------------------------------------- column access
 
 
-def _check_table(frame: pl.DataFrame, schema: FeatureSchema, where: str, need_label: bool) -> None:
+def _check_table(frame: ColumnTable, schema: FeatureSchema, where: str, need_label: bool) -> None:
     """The table is non-empty and has every column the schema reads (all missing listed)."""
     required = list(schema.input_columns)
     if need_label and schema.label is not None:
@@ -568,7 +573,7 @@ def _check_table(frame: pl.DataFrame, schema: FeatureSchema, where: str, need_la
         raise SchemaError(f"{where}: the table is empty (0 rows)")
 
 
-def _strings(frame: pl.DataFrame, feature: Feature, where: str) -> pl.Series:
+def _strings(frame: ColumnTable, feature: Feature, where: str) -> pl.Series:
     """The feature's column as strings; integers, booleans and categoricals are accepted."""
     column = feature.source_column
     series = frame.get_column(column)
@@ -611,7 +616,7 @@ def _with_nan_for_nulls(series: pl.Series) -> FloatArray:
     return np.where(valid[array.offset :], values[array.offset :], np.float64("nan"))
 
 
-def _numbers(frame: pl.DataFrame, column: str, where: str, feature_name: str) -> FloatArray:
+def _numbers(frame: ColumnTable, column: str, where: str, feature_name: str) -> FloatArray:
     """The column as float64 with NaN for missing; text that is not a number is an error."""
     series = frame.get_column(column)
     dtype = series.dtype
@@ -646,7 +651,7 @@ def _numbers(frame: pl.DataFrame, column: str, where: str, feature_name: str) ->
     return values
 
 
-def _list_values(frame: pl.DataFrame, feature: MultiCategoricalFeature, where: str) -> pa.Array:
+def _list_values(frame: ColumnTable, feature: MultiCategoricalFeature, where: str) -> pa.Array:
     """The multi-valued column as an Arrow large_list<large_string> array."""
     column = feature.source_column
     series = frame.get_column(column)
@@ -872,7 +877,7 @@ def _read_once(store: dict[str, T] | None, column: str, read: Callable[[], T]) -
 
 
 def _column_codes(
-    frame: pl.DataFrame, feature: Feature, where: str, cache: ColumnCache | None
+    frame: ColumnTable, feature: Feature, where: str, cache: ColumnCache | None
 ) -> _Codes:
     store = None if cache is None else cache.codes
     return _read_once(
@@ -881,7 +886,7 @@ def _column_codes(
 
 
 def _column_numbers(
-    frame: pl.DataFrame, feature: Feature, where: str, cache: ColumnCache | None
+    frame: ColumnTable, feature: Feature, where: str, cache: ColumnCache | None
 ) -> FloatArray:
     """``_numbers`` of the feature's column (callers must not write to it: it is shared)."""
     store = None if cache is None else cache.numbers
@@ -915,7 +920,7 @@ def _vocabulary(
 
 def _feature_stats(
     feature: Feature,
-    frame: pl.DataFrame,
+    frame: ColumnTable,
     where: str,
     offset: int,
     cache: ColumnCache | None = None,
@@ -1195,7 +1200,7 @@ def _padded(
 
 def _encode_sparse(
     feature: Feature,
-    frame: pl.DataFrame,
+    frame: ColumnTable,
     state: dict[str, Any],
     where: str,
     report: ColumnReport,
@@ -1234,7 +1239,7 @@ def _encode_sparse(
 
 def _component_tokens(
     feature: Feature,
-    frame: pl.DataFrame,
+    frame: ColumnTable,
     state: dict[str, Any],
     where: str,
     cache: ColumnCache | None = None,
@@ -1285,7 +1290,7 @@ def _encode_cross(
 
 def _encode_numeric(
     feature: NumericFeature,
-    frame: pl.DataFrame,
+    frame: ColumnTable,
     state: dict[str, Any],
     where: str,
     cache: ColumnCache | None = None,
@@ -1320,7 +1325,7 @@ def _transformed(feature: NumericFeature, state: dict[str, Any], values: FloatAr
     return values
 
 
-def _encode_labels(frame: pl.DataFrame, schema: FeatureSchema, where: str) -> NDArray[np.float32]:
+def _encode_labels(frame: ColumnTable, schema: FeatureSchema, where: str) -> NDArray[np.float32]:
     """Labels as float32: 0/1 for binary, the number itself for regression."""
     label = schema.label
     assert label is not None

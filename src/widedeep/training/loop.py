@@ -35,7 +35,12 @@ from tqdm.auto import tqdm
 from widedeep.bundle import build_model, evaluate_predictions, load_bundle, save_bundle
 from widedeep.config import RunConfig
 from widedeep.data.batch import Batch
-from widedeep.data.sources import Splits, held_out_in_own_files, load_splits, read_flat_table
+from widedeep.data.sources import (
+    Splits,
+    flat_source,
+    held_out_in_own_files,
+    load_splits,
+)
 from widedeep.data.stream import ParquetStream, StreamedTable, encode_stream, fit_stream
 from widedeep.data.tensors import TensorTable
 from widedeep.errors import ConfigError
@@ -47,7 +52,7 @@ from widedeep.model.widedeep import WideDeep
 from widedeep.plots import plot_history, plot_reliability
 from widedeep.precision import mixed_precision, resolve_precision
 from widedeep.retrieval import ItemCooccurrence, MostPopular
-from widedeep.tables import check_readable
+from widedeep.tables import ColumnTable, check_readable, read_columns
 from widedeep.training import distributed
 from widedeep.training.checkpoint import (
     Position,
@@ -197,15 +202,17 @@ def _train(
     assert label is not None
     objective = label.objective
 
-    # preprocess_seconds: fitting and encoding the training table (reading it too when it
-    # is streamed, as the one pass does both); fingerprint_seconds: hashing the encoded
+    # preprocess_seconds: fitting and encoding the training table, and reading it where it
+    # is read as it is encoded (streamed, or a Parquet table read a column at a time, see
+    # ParquetColumns); fingerprint_seconds: hashing the encoded
     # table for the checkpoints (0.2 s per million rows of the benchmark's table)
     preprocessor = Preprocessor(config.feature_schema)
     preprocessing.warm_up()  # not timed: a once-per-process cost, not the table's
     train_table: TensorTable | StreamedTable
-    splits: Splits | None
+    splits: Splits | None = None  # the tables read whole: split off the training table
+    held_out: tuple[ColumnTable, ColumnTable | None] | None = None  # validation, test
     if config.data.stream is not None:
-        splits = _held_out_splits(config, preprocessor)
+        held_out = _held_out_tables(config)
         preprocess_start = time.perf_counter()
         stream = _fitted_stream(config, preprocessor)
         if config.data.stream.keep_encoded:  # read once more, held encoded as in memory
@@ -218,11 +225,12 @@ def _train(
         for path in (config.data.validation, config.data.test):
             if path is not None:
                 check_readable(path)  # a wrong file fails now, not after the encoding
-        raw_train = read_flat_table(config.data, config.feature_schema.id_columns)
+        # A Parquet table is read a column at a time as it is encoded (ParquetColumns): its
+        # raw rows are never whole in memory. Other tables are read whole, then let go.
+        raw_train = read_columns(flat_source(config.data), config.feature_schema.id_columns)
         preprocess_start = time.perf_counter()
         train_table = TensorTable.from_encoded(preprocessor.fit_transform(raw_train))
         del raw_train
-        splits = None
     else:
         splits = load_splits(config.data, label, config.feature_schema.id_columns)
         preprocess_start = time.perf_counter()
@@ -234,21 +242,28 @@ def _train(
     else:
         train_fingerprint = table_fingerprint(train_table)
     fingerprint_seconds = time.perf_counter() - fingerprint_start
-    if splits is None:
+    if splits is not None:
+        held_out = (splits.validation, splits.test)
+    elif held_out is None:
         release_freed_memory()
-        splits = _held_out_splits(config, preprocessor)
-    validation_encoded = preprocessor.transform(splits.validation, with_labels=True)
+        held_out = _held_out_tables(config)
+    validation_raw, test_raw = held_out
+    del held_out
+    validation_encoded = preprocessor.transform(validation_raw, with_labels=True)
+    del validation_raw
     validation_table = TensorTable.from_encoded(validation_encoded)
     if validation_encoded.report.notable():
         log.info("validation data: %s", validation_encoded.report)
     # Encoded, the raw tables are dead weight through training (the training table's was
     # about 2x its encoding): let them go, and hand the freed memory back to the system.
     # Recommendation runs read the training rows again at the end.
-    splits = replace(
-        splits,
-        train=splits.train if splits.rec is not None else splits.train.clear(),
-        validation=splits.validation.clear(),
-    )
+    if splits is not None:
+        splits = replace(
+            splits,
+            train=splits.train if splits.rec is not None else splits.train.clear(),
+            validation=splits.validation.clear(),
+            test=None,  # test_raw holds it
+        )
     release_freed_memory()
     data = {"train": train_fingerprint, "validation": table_fingerprint(validation_table)}
     if resumed is not None:
@@ -371,8 +386,9 @@ def _train(
     test_metrics = None
     test_predictions = None
     test_table = None
-    if splits.test is not None:
-        test_table = TensorTable.from_encoded(preprocessor.transform(splits.test, with_labels=True))
+    if test_raw is not None:
+        test_table = TensorTable.from_encoded(preprocessor.transform(test_raw, with_labels=True))
+        del test_raw
         test_predictions, test_metrics = _evaluate(
             model, test_table, settings.eval_batch_size, device
         )
@@ -394,7 +410,7 @@ def _train(
     if run.warm_start is not None:
         metrics["warm_start"] = run.warm_start
     tables = None
-    if splits.rec is not None:
+    if splits is not None and splits.rec is not None:
         assert isinstance(train_table, TensorTable) and train_table.labels is not None
         tables = recommendation_tables(splits, train_table.labels.numpy(), config)
         _write_interactions(run_dir, splits)
@@ -458,14 +474,15 @@ def _fitted_stream(config: RunConfig, preprocessor: Preprocessor) -> ParquetStre
     return stream
 
 
-def _held_out_splits(config: RunConfig, preprocessor: Preprocessor) -> Splits:
-    """The validation and test tables of a run that has them in their own files (read
-    whole; a streamed run's training table is not, and an in-memory one's is read first)."""
+def _held_out_tables(config: RunConfig) -> tuple[ColumnTable, ColumnTable | None]:
+    """The validation and test tables of a run that has them in their own files: a Parquet
+    one is read a column at a time as it is encoded (``ParquetColumns``: only its metadata
+    now), any other whole."""
     data = config.data
     assert data.validation is not None
-    validation = preprocessor.read(data.validation)
-    test = preprocessor.read(data.test) if data.test else None
-    return Splits(train=validation.clear(), validation=validation, test=test)
+    id_columns = config.feature_schema.id_columns
+    test = read_columns(data.test, id_columns) if data.test else None
+    return read_columns(data.validation, id_columns), test
 
 
 def _check_warm_start(run: RunState, warm_start_from: str | Path | None) -> None:
