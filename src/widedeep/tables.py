@@ -23,11 +23,14 @@ CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 
 
 class ColumnTable(Protocol):
-    """What encoding reads of a table: its column names, its number of rows, and one column
-    at a time (a polars DataFrame, or ``ParquetColumns``)."""
+    """What encoding reads of a table: its columns' names and types, its number of rows, and
+    one column at a time (a polars DataFrame, or ``ParquetColumns``)."""
 
     @property
     def columns(self) -> list[str]: ...
+
+    @property
+    def schema(self) -> pl.Schema: ...
 
     @property
     def height(self) -> int: ...
@@ -35,30 +38,37 @@ class ColumnTable(Protocol):
     def get_column(self, name: str) -> pl.Series: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ParquetColumns:
     """A Parquet file (or folder of them) whose columns are read one at a time, as they are
     asked for. Fitting and encoding such a table never holds its raw rows whole: each column
     is read, turned into codes or numbers, and let go (the benchmark's 1M Criteo-shaped rows,
-    whose raw columns take about 530 MB: a peak about 450 MB lower, README "Memory")."""
+    whose raw columns take about 530 MB: a peak about 450 MB lower; README, "Measured").
+
+    Its files must not change while it is read: each read checks their sizes and
+    modification times against those seen when it was opened, and the column's length
+    against the table's, so that a file rewritten meanwhile is an error, never a table
+    whose columns come from two versions of it."""
 
     path: Path
     files: tuple[Path, ...]
     schema: pl.Schema
     height: int
+    stamps: tuple[tuple[int, int], ...]  # each file's size and modification time (ns)
 
     @classmethod
     def open(cls, path: str | Path) -> ParquetColumns:
         """The table at ``path``, of which only the metadata is read now; the errors of
         ``read_table`` for a path that is not a readable Parquet table."""
         path = Path(path)
-        schema = _read_path(path, (), header_only=True).schema
+        schema = _read_path(path, (), header_only=True).schema  # its errors, if unreadable
         files = tuple(_parquet_files(path)) if path.is_dir() else (path,)
+        stamps = _stamps(files)
         try:
             height = pl.scan_parquet(list(files)).select(pl.len()).collect().item()
         except (pl.exceptions.PolarsError, OSError) as error:
             raise SchemaError(f"{path}: cannot be read as a table: {error}") from None
-        return cls(path, files, schema, int(height))
+        return cls(path, files, schema, int(height), stamps)
 
     @property
     def columns(self) -> list[str]:
@@ -69,9 +79,23 @@ class ParquetColumns:
         if name not in self.schema:
             raise SchemaError(f"{self.path}: no column '{name}'")
         try:
-            return pl.read_parquet(list(self.files), columns=[name]).to_series()
+            if _stamps(self.files) != self.stamps:
+                raise SchemaError(f"{self.path}: changed while it was being read")
+            column = pl.read_parquet(list(self.files), columns=[name]).to_series()
         except (pl.exceptions.PolarsError, OSError, pa.ArrowException) as error:
             raise SchemaError(f"{self.path}: cannot be read as a table: {error}") from None
+        if len(column) != self.height:
+            raise SchemaError(
+                f"{self.path}: changed while it was being read (column '{name}' has "
+                f"{len(column)} rows, the table had {self.height})"
+            )
+        return column
+
+
+def _stamps(files: Sequence[Path]) -> tuple[tuple[int, int], ...]:
+    """Each file's size and modification time, in nanoseconds."""
+    stats = [file.stat() for file in files]
+    return tuple((stat.st_size, stat.st_mtime_ns) for stat in stats)
 
 
 def describe_source(source: TableSource) -> str:
@@ -143,12 +167,12 @@ def write_table(frame: pl.DataFrame, path: str | Path) -> None:
         )
 
 
-def check_readable(path: str | Path) -> None:
-    """The error ``read_table`` would raise for ``path``, found by reading no more than its
-    Parquet metadata or CSV header: a run checks its held-out files this way before it
-    reads and encodes the training table. (A CSV row that does not parse is found only by
-    the read itself.)"""
-    _read_path(Path(path), (), header_only=True)
+def read_header(path: str | Path) -> list[str]:
+    """The column names of the table at ``path``, from no more than its Parquet metadata or
+    CSV header, with the error ``read_table`` would raise for a path it cannot read: a run
+    checks its held-out files this way before it reads the training table. (A CSV row that
+    does not parse is found only by reading it.)"""
+    return _read_path(Path(path), (), header_only=True).columns
 
 
 def _read_path(path: Path, text_columns: Sequence[str], header_only: bool = False) -> pl.DataFrame:

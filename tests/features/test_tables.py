@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -112,15 +113,18 @@ def test_describe_source() -> None:
     assert describe_source(FRAME) == "the DataFrame"
 
 
+COUNTRY_AND_AGE = FeatureSchema.from_dict(
+    {
+        "features": [
+            {"name": "country", "kind": "categorical"},
+            {"name": "age", "kind": "numeric"},
+        ]
+    }
+)
+
+
 def test_preprocessor_fits_the_same_from_every_source(tmp_path: Path) -> None:
-    schema = FeatureSchema.from_dict(
-        {
-            "features": [
-                {"name": "country", "kind": "categorical"},
-                {"name": "age", "kind": "numeric"},
-            ]
-        }
-    )
+    schema = COUNTRY_AND_AGE
     FRAME.write_parquet(tmp_path / "t.parquet")
     FRAME.write_csv(tmp_path / "t.csv")
     sources = [FRAME, tmp_path / "t.parquet", str(tmp_path / "t.csv"), FRAME.to_pandas()]
@@ -197,13 +201,14 @@ def spy_on_column_reads(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return asked
 
 
-@pytest.mark.parametrize("layout", ["file", "folder"])
+@pytest.mark.parametrize(("layout", "rows"), [("file", 60_000), ("folder", 3000)])
 def test_a_parquet_table_is_fitted_and_encoded_a_column_at_a_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str, rows: int
 ) -> None:
     """Fitting and encoding a Parquet path reads one column per read, never the whole
-    table, and gives the same bits as the table read whole (row groups and files split)."""
-    train, test = rich_frame(3000, seed=0), rich_frame(700, seed=1)
+    table, and gives the same bits as the table read whole (row groups and files split;
+    60,000 rows: features encoded on threads, several at once)."""
+    train, test = rich_frame(rows, seed=0), rich_frame(700, seed=1)
     if layout == "file":
         train_path, test_path = tmp_path / "train.parquet", tmp_path / "test.parquet"
         train.write_parquet(train_path, row_group_size=500)
@@ -221,10 +226,13 @@ def test_a_parquet_table_is_fitted_and_encoded_a_column_at_a_time(
     asked = spy_on_column_reads(monkeypatch)
     by_column = Preprocessor(RICH_SCHEMA)
     got_train = by_column.fit_transform(train_path)
+    read_by_fit_transform = list(asked)
     got_test = by_column.transform(test_path)
     got_fit = Preprocessor(RICH_SCHEMA).fit(str(train_path))
 
     assert asked and all(columns is not None and len(columns) == 1 for columns in asked)
+    # each column once, though several features read it, some on other threads at once
+    assert sorted(c for (c,) in read_by_fit_transform) == sorted(train.columns)
     assert by_column.state_ == whole.state_ == got_fit.state_
     assert_same_encoding(got_train, want_train)
     assert_same_encoding(got_test, want_test)
@@ -275,10 +283,31 @@ def test_an_unreadable_parquet_table_is_named_when_opened(
 
 
 def test_a_parquet_file_that_breaks_after_it_was_opened_is_named(tmp_path: Path) -> None:
+    """Damaged in place (same size, same modification time): the read's own error."""
     path = tmp_path / "t.parquet"
     FRAME.write_parquet(path)
     table = ParquetColumns.open(path)
-    path.write_bytes(path.read_bytes()[:40])  # truncated: the footer is gone
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[4:-8] = bytes(len(data) - 12)  # every page and the footer zeroed
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
     with pytest.raises(SchemaError, match=r"t\.parquet: cannot be read as a table"):
         table.get_column("age")
+
+
+@pytest.mark.parametrize("rows", [2, 3, 5])
+def test_a_parquet_file_rewritten_while_it_is_read_is_named(tmp_path: Path, rows: int) -> None:
+    """Columns from two versions of a file would make a table whose rows do not belong
+    together (or whose columns differ in length): an error, not an encoding."""
+    path = tmp_path / "t.parquet"
+    FRAME.write_parquet(path)
+    table = ParquetColumns.open(path)
+    rewritten = pl.concat([FRAME, FRAME])[:rows]
+    rewritten.write_parquet(path)
+
+    with pytest.raises(SchemaError, match=r"t\.parquet: changed while it was being read"):
+        table.get_column("age")
+    with pytest.raises(SchemaError, match=r"t\.parquet: changed while it was being read"):
+        Preprocessor(COUNTRY_AND_AGE).fit(table)

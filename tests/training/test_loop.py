@@ -27,7 +27,7 @@ from fixtures_train import (
 )
 from widedeep.bundle import load_bundle
 from widedeep.config import RunConfig, TrainConfig, load_config
-from widedeep.errors import ConfigError, WideDeepError
+from widedeep.errors import ConfigError, SchemaError, WideDeepError
 from widedeep.features.preprocessor import Preprocessor
 from widedeep.inference import predict
 from widedeep.model import gather
@@ -563,6 +563,25 @@ def test_an_unreadable_validation_file_fails_before_the_training_table_is_read(
         events = read_log(patch)
         with pytest.raises(WideDeepError, match=rf"{name}: {message}"):
             run(base, tmp_path / "run", f"data.validation={bad}")
+    assert not [e for e in events if e.startswith("train.parquet")] and "encoded" not in events
+
+
+@pytest.mark.parametrize(("held_out", "drop"), [("validation", "click"), ("test", "city")])
+def test_a_held_out_file_missing_a_column_fails_before_the_training_table_is_read(
+    base: dict[str, Any],
+    tables: tuple[Path, Path],
+    tmp_path: Path,
+    no_plots: None,
+    held_out: str,
+    drop: str,
+) -> None:
+    """Its header is checked first: a missing column is not found only after training."""
+    lacking = tmp_path / f"{held_out}.parquet"
+    pl.read_parquet(tables[1]).drop(drop).write_parquet(lacking)
+    with pytest.MonkeyPatch.context() as patch:
+        events = read_log(patch)
+        with pytest.raises(SchemaError, match=rf"{held_out}\.parquet: missing column '{drop}'"):
+            run(base, tmp_path / "run", f"data.{held_out}={lacking}")
     assert not [e for e in events if e.startswith("train.parquet")] and "encoded" not in events
 
 

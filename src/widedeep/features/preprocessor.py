@@ -14,7 +14,8 @@ import functools
 import json
 import os
 import re
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -181,12 +182,12 @@ class Preprocessor:
     # ----------------------------------------------------------------------------- fitting
     def fit(self, source: TableSource) -> Preprocessor:
         """Learn each feature's state from the training table ``source``."""
-        return self._fit_frame(self._columns(source), describe_source(source))
+        return self._fit_frame(self._open(source), describe_source(source))
 
     def fit_transform(self, source: TableSource) -> EncodedTable:
         """``fit`` then ``transform`` on the same table (read once, each id column
         dictionary-encoded once for both)."""
-        frame, where = self._columns(source), describe_source(source)
+        frame, where = self._open(source), describe_source(source)
         cache = ColumnCache()
         self._fit_frame(frame, where, cache)
         return self._transform_frame(frame, where, with_labels=None, cache=cache)
@@ -222,8 +223,10 @@ class Preprocessor:
                 list(self.schema.features),
                 frame.height,
             )
-            if self.schema.label is not None:
-                _encode_labels(frame, self.schema, where)  # fails early on a bad label column
+            if self.schema.label is not None:  # fails early on a bad label column
+                labels = _encode_labels(frame, self.schema, where)
+                if cache is not None:
+                    cache.labels = labels
         return stats
 
     def _finish_fit(self, stats: list[FeatureStats], where: str) -> Preprocessor:
@@ -242,7 +245,7 @@ class Preprocessor:
     def transform(self, source: TableSource, *, with_labels: bool | None = None) -> EncodedTable:
         """Encode ``source``. ``with_labels``: None = if the label column is there, True = must."""
         self._check_fitted()
-        return self._transform_frame(self._columns(source), describe_source(source), with_labels)
+        return self._transform_frame(self._open(source), describe_source(source), with_labels)
 
     def transform_chunk(self, chunk: Chunk, *, with_labels: bool | None = None) -> EncodedTable:
         """Encode the rows of one chunk of a larger table (errors name the table's rows)."""
@@ -254,7 +257,7 @@ class Preprocessor:
         """Read ``source``; from CSV, id columns (and ``keys``) stay text ('01234' keeps its 0)."""
         return read_table(source, text_columns=[*self.schema.id_columns, *keys])
 
-    def _columns(self, source: TableSource) -> ColumnTable:
+    def _open(self, source: TableSource) -> ColumnTable:
         """``source`` for fitting and encoding: a Parquet path is read a column at a time, as
         each is encoded, so that its raw rows are never whole in memory."""
         return read_columns(source, text_columns=self.schema.id_columns)
@@ -273,11 +276,15 @@ class Preprocessor:
         need_label = bool(with_labels) or (with_labels is None and has_label)
         _check_table(frame, self.schema, where, need_label=need_label)
         side = self._encode_side(frame, where, self._base_features(), cache)
+        fitted_labels = None if cache is None else cache.labels  # fit_transform's, if any
         if cache is not None:  # the side now holds the only references to the columns read
-            cache.codes.clear()
-            cache.numbers.clear()
+            cache.clear()
         encoded = self._assemble(lambda name: (side, None), frame.height, release=True)
-        labels = _encode_labels(frame, self.schema, where) if need_label else None
+        labels = None
+        if need_label:
+            labels = fitted_labels
+            if labels is None:
+                labels = _encode_labels(frame, self.schema, where)
         return replace(encoded, labels=labels, report=side.report)
 
     def encode_labels(self, source: TableSource) -> NDArray[np.float32]:
@@ -557,39 +564,48 @@ class Preprocessor:
 # ------------------------------------------------------------------------- column access
 
 
-def _check_table(frame: ColumnTable, schema: FeatureSchema, where: str, need_label: bool) -> None:
-    """The table is non-empty and has every column the schema reads (all missing listed)."""
+def check_columns(
+    columns: Sequence[str], schema: FeatureSchema, where: str, need_label: bool
+) -> None:
+    """The error for a table (named ``where``, with ``columns``) that lacks a column the
+    schema reads, or its label column where ``need_label`` (every missing one listed)."""
     required = list(schema.input_columns)
     if need_label and schema.label is not None:
         required.append(schema.label.column)
-    missing = [c for c in required if c not in frame.columns]
+    missing = [c for c in required if c not in columns]
     if missing:
         listed = ", ".join(f"'{c}'" for c in missing)
         raise SchemaError(
             f"{where}: missing column{'s' if len(missing) > 1 else ''} {listed} "
-            f"(the table has {len(frame.columns)} columns: {', '.join(frame.columns[:20])})"
+            f"(the table has {len(columns)} columns: {', '.join(columns[:20])})"
         )
+
+
+def _check_table(frame: ColumnTable, schema: FeatureSchema, where: str, need_label: bool) -> None:
+    """The table is non-empty and has every column the schema reads (all missing listed)."""
+    check_columns(frame.columns, schema, where, need_label)
     if frame.height == 0:
         raise SchemaError(f"{where}: the table is empty (0 rows)")
 
 
 def _strings(frame: ColumnTable, feature: Feature, where: str) -> pl.Series:
     """The feature's column as strings; integers, booleans and categoricals are accepted."""
-    column = feature.source_column
-    series = frame.get_column(column)
-    dtype = series.dtype
-    if dtype == pl.String:
-        return series
-    if (
-        dtype.is_integer()
-        or dtype in (pl.Boolean, pl.Null)
+    series = frame.get_column(feature.source_column)
+    _check_strings(series.dtype, feature, where)
+    return series if series.dtype == pl.String else series.cast(pl.String)
+
+
+def _check_strings(dtype: pl.DataType, feature: Feature, where: str) -> None:
+    """The error for a column ``_strings`` cannot read as strings."""
+    if not (
+        dtype in (pl.String, pl.Boolean, pl.Null)
+        or dtype.is_integer()
         or isinstance(dtype, pl.Categorical | pl.Enum)
     ):
-        return series.cast(pl.String)
-    raise SchemaError(
-        f"Column '{column}' of {where}: feature '{feature.name}' ({feature.kind}) expects "
-        f"strings or integers, got {dtype}"
-    )
+        raise SchemaError(
+            f"Column '{feature.source_column}' of {where}: feature '{feature.name}' "
+            f"({feature.kind}) expects strings or integers, got {dtype}"
+        )
 
 
 # From this many rows, a numeric column with nulls is read from its Arrow buffers: polars'
@@ -616,9 +632,9 @@ def _with_nan_for_nulls(series: pl.Series) -> FloatArray:
     return np.where(valid[array.offset :], values[array.offset :], np.float64("nan"))
 
 
-def _numbers(frame: ColumnTable, column: str, where: str, feature_name: str) -> FloatArray:
-    """The column as float64 with NaN for missing; text that is not a number is an error."""
-    series = frame.get_column(column)
+def _numbers(series: pl.Series, column: str, where: str, feature_name: str) -> FloatArray:
+    """The column ``column`` (``series``) as float64 with NaN for missing; text that is not a
+    number is an error."""
     dtype = series.dtype
     if dtype == pl.String:
         converted = series.str.strip_chars().cast(pl.Float64, strict=False)
@@ -859,42 +875,66 @@ class _Codes:
 
 @dataclass
 class ColumnCache:
-    """Columns already read, by source column: ``fit_transform`` reads each once for both
-    fitting and encoding, and a column that feeds several features is read once."""
+    """Columns already read and converted, by source column: ``fit_transform`` reads each
+    once for both fitting and encoding, and a column that feeds several features is read
+    once, also when those features are encoded at the same time on different threads."""
 
     codes: dict[str, _Codes] = field(default_factory=dict)
     numbers: dict[str, FloatArray] = field(default_factory=dict)
+    lists: dict[tuple[str, str], pa.Array] = field(default_factory=dict)  # (column, separator)
+    labels: NDArray[np.float32] | None = None
+    _locks: dict[Hashable, threading.Lock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
 
+    def once(self, store: dict[Any, T], key: Hashable, read: Callable[[], T]) -> T:
+        """``store[key]``, made by ``read()`` the first time it is asked for; a thread that
+        asks while another reads it waits for that read."""
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in store:
+                store[key] = read()
+            return store[key]
 
-def _read_once(store: dict[str, T] | None, column: str, read: Callable[[], T]) -> T:
-    """``read()`` of a source column, or what it gave before where ``store`` kept it."""
-    if store is not None and column in store:
-        return store[column]
-    value = read()
-    if store is not None:
-        store[column] = value
-    return value
+    def clear(self) -> None:
+        """Let go of every column read (the labels too)."""
+        self.codes.clear()
+        self.numbers.clear()
+        self.lists.clear()
+        self.labels = None
 
 
 def _column_codes(
     frame: ColumnTable, feature: Feature, where: str, cache: ColumnCache | None
 ) -> _Codes:
-    store = None if cache is None else cache.codes
-    return _read_once(
-        store, feature.source_column, lambda: _Codes.of(_strings(frame, feature, where))
-    )
+    def read() -> _Codes:
+        return _Codes.of(_strings(frame, feature, where))
+
+    return read() if cache is None else cache.once(cache.codes, feature.source_column, read)
 
 
 def _column_numbers(
     frame: ColumnTable, feature: Feature, where: str, cache: ColumnCache | None
 ) -> FloatArray:
     """``_numbers`` of the feature's column (callers must not write to it: it is shared)."""
-    store = None if cache is None else cache.numbers
-    return _read_once(
-        store,
-        feature.source_column,
-        lambda: _numbers(frame, feature.source_column, where, feature.name),
-    )
+    column = feature.source_column
+
+    def read() -> FloatArray:
+        return _numbers(frame.get_column(column), column, where, feature.name)
+
+    return read() if cache is None else cache.once(cache.numbers, column, read)
+
+
+def _column_lists(
+    frame: ColumnTable, feature: MultiCategoricalFeature, where: str, cache: ColumnCache | None
+) -> pa.Array:
+    """``_list_values`` of the feature's column (shared, like ``_column_numbers``)."""
+
+    def read() -> pa.Array:
+        return _list_values(frame, feature, where)
+
+    key = (feature.source_column, feature.separator)
+    return read() if cache is None else cache.once(cache.lists, key, read)
 
 
 def _vocabulary(
@@ -931,14 +971,14 @@ def _feature_stats(
         codes = _column_codes(frame, feature, where, cache)
         return FeatureStats(counts=[codes.counts()], codes=codes)
     if isinstance(feature, MultiCategoricalFeature):
-        lists = _list_values(frame, feature, where)
+        lists = _column_lists(frame, feature, where, cache)
         lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
         return FeatureStats(
             counts=[_Codes.of(pl.Series("value", pc.list_flatten(lists))).counts()],
             longest=int(lengths.max()) if len(lengths) else 0,
         )
-    if isinstance(feature, HashedFeature):
-        _strings(frame, feature, where)  # dtype check only
+    if isinstance(feature, HashedFeature):  # nothing to learn: the type is checked, not read
+        _check_strings(frame.schema[feature.source_column], feature, where)
         return FeatureStats()
     if isinstance(feature, BucketizedFeature) and feature.boundaries is not None:
         _column_numbers(frame, feature, where, cache)  # dtype check only
@@ -1226,7 +1266,7 @@ def _encode_sparse(
         report.missing = int(missing.sum())
         return buckets.astype(np.int64)
     if isinstance(feature, MultiCategoricalFeature):
-        lists = _list_values(frame, feature, where)
+        lists = _column_lists(frame, feature, where, cache)
         flat = pl.Series("value", pc.list_flatten(lists))
         coded, report.unseen = _lookup(_Codes.of(flat), state["vocabulary"])
         flat_ids = coded.expand()
@@ -1254,7 +1294,7 @@ def _component_tokens(
         buckets = _bucket_index(np.where(missing, 0.0, numbers), state["boundaries"])
         return _Tokens(hashing.hash_ints(buckets)[:, None], ~missing[:, None])
     if isinstance(feature, MultiCategoricalFeature):
-        lists = _list_values(frame, feature, where)
+        lists = _column_lists(frame, feature, where, cache)
         flat = pc.list_flatten(lists)
         flat_hashes = hashing.hash_strings(flat)
         hashes, valid, _ = _padded(lists, flat_hashes, state["max_values"], np.uint64(0))
@@ -1350,7 +1390,7 @@ def _encode_labels(frame: ColumnTable, schema: FeatureSchema, where: str) -> NDA
             f"Column '{column}' of {where}: the label holds strings; give label.positive "
             f"(the values that mean 1, e.g. [{series[0]!r}])"
         )
-    values = _numbers(frame, column, where, "label")
+    values = _numbers(series, column, where, "label")
     nan = np.isnan(values)
     if nan.any():
         row = int(np.flatnonzero(nan)[0])

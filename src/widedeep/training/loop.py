@@ -52,7 +52,7 @@ from widedeep.model.widedeep import WideDeep
 from widedeep.plots import plot_history, plot_reliability
 from widedeep.precision import mixed_precision, resolve_precision
 from widedeep.retrieval import ItemCooccurrence, MostPopular
-from widedeep.tables import ColumnTable, check_readable, read_columns
+from widedeep.tables import TableSource, read_columns, read_header
 from widedeep.training import distributed
 from widedeep.training.checkpoint import (
     Position,
@@ -204,15 +204,15 @@ def _train(
 
     # preprocess_seconds: fitting and encoding the training table, and reading it where it
     # is read as it is encoded (streamed, or a Parquet table read a column at a time, see
-    # ParquetColumns); fingerprint_seconds: hashing the encoded
-    # table for the checkpoints (0.2 s per million rows of the benchmark's table)
+    # ParquetColumns); fingerprint_seconds: hashing the encoded table for the checkpoints
+    # (0.2 s per million rows of the benchmark's table)
     preprocessor = Preprocessor(config.feature_schema)
     preprocessing.warm_up()  # not timed: a once-per-process cost, not the table's
     train_table: TensorTable | StreamedTable
     splits: Splits | None = None  # the tables read whole: split off the training table
-    held_out: tuple[ColumnTable, ColumnTable | None] | None = None  # validation, test
+    if not config.data.is_recommendation:  # (their features come from joins)
+        _check_held_out_files(config)  # a wrong file fails now, not after the encoding
     if config.data.stream is not None:
-        held_out = _held_out_tables(config)
         preprocess_start = time.perf_counter()
         stream = _fitted_stream(config, preprocessor)
         if config.data.stream.keep_encoded:  # read once more, held encoded as in memory
@@ -221,12 +221,9 @@ def _train(
             train_table = StreamedTable(stream, preprocessor, config.data.stream)
     elif held_out_in_own_files(config.data):
         # The validation and test files are read once the training table is encoded and its
-        # raw rows let go (below): the raw tables are never in memory together.
-        for path in (config.data.validation, config.data.test):
-            if path is not None:
-                check_readable(path)  # a wrong file fails now, not after the encoding
-        # A Parquet table is read a column at a time as it is encoded (ParquetColumns): its
-        # raw rows are never whole in memory. Other tables are read whole, then let go.
+        # raw rows let go (below): the raw tables are never in memory together. A Parquet
+        # table is read a column at a time as it is encoded (ParquetColumns), so its raw
+        # rows are never whole in memory; others are read whole.
         raw_train = read_columns(flat_source(config.data), config.feature_schema.id_columns)
         preprocess_start = time.perf_counter()
         train_table = TensorTable.from_encoded(preprocessor.fit_transform(raw_train))
@@ -242,18 +239,27 @@ def _train(
     else:
         train_fingerprint = table_fingerprint(train_table)
     fingerprint_seconds = time.perf_counter() - fingerprint_start
+    # The held-out tables: frames split off the training table, or their own files (paths,
+    # each read only when it is encoded).
+    raw_validation: TableSource
+    raw_test: TableSource | None
     if splits is not None:
-        held_out = (splits.validation, splits.test)
-    elif held_out is None:
+        raw_validation, raw_test = splits.validation, splits.test
+    else:
         release_freed_memory()
-        held_out = _held_out_tables(config)
-    validation_raw, test_raw = held_out
-    del held_out
-    validation_encoded = preprocessor.transform(validation_raw, with_labels=True)
-    del validation_raw
+        assert config.data.validation is not None
+        raw_validation, raw_test = config.data.validation, config.data.test
+    validation_encoded = preprocessor.transform(raw_validation, with_labels=True)
+    del raw_validation
     validation_table = TensorTable.from_encoded(validation_encoded)
     if validation_encoded.report.notable():
         log.info("validation data: %s", validation_encoded.report)
+    # Encoded now, not after training: a bad value in it fails before the epochs, and the
+    # run holds its encoding (about a third of its raw size) rather than its raw rows.
+    test_table = None
+    if raw_test is not None:
+        test_table = TensorTable.from_encoded(preprocessor.transform(raw_test, with_labels=True))
+        del raw_test
     # Encoded, the raw tables are dead weight through training (the training table's was
     # about 2x its encoding): let them go, and hand the freed memory back to the system.
     # Recommendation runs read the training rows again at the end.
@@ -262,7 +268,7 @@ def _train(
             splits,
             train=splits.train if splits.rec is not None else splits.train.clear(),
             validation=splits.validation.clear(),
-            test=None,  # test_raw holds it
+            test=None,  # encoded: test_table
         )
     release_freed_memory()
     data = {"train": train_fingerprint, "validation": table_fingerprint(validation_table)}
@@ -385,10 +391,7 @@ def _train(
     )
     test_metrics = None
     test_predictions = None
-    test_table = None
-    if test_raw is not None:
-        test_table = TensorTable.from_encoded(preprocessor.transform(test_raw, with_labels=True))
-        del test_raw
+    if test_table is not None:
         test_predictions, test_metrics = _evaluate(
             model, test_table, settings.eval_batch_size, device
         )
@@ -474,15 +477,13 @@ def _fitted_stream(config: RunConfig, preprocessor: Preprocessor) -> ParquetStre
     return stream
 
 
-def _held_out_tables(config: RunConfig) -> tuple[ColumnTable, ColumnTable | None]:
-    """The validation and test tables of a run that has them in their own files: a Parquet
-    one is read a column at a time as it is encoded (``ParquetColumns``: only its metadata
-    now), any other whole."""
-    data = config.data
-    assert data.validation is not None
-    id_columns = config.feature_schema.id_columns
-    test = read_columns(data.test, id_columns) if data.test else None
-    return read_columns(data.validation, id_columns), test
+def _check_held_out_files(config: RunConfig) -> None:
+    """A validation or test file that cannot be read, or lacks a column the schema reads or
+    the label, fails before the training table is read, and names the file."""
+    for path in (config.data.validation, config.data.test):
+        if path is not None:
+            columns = read_header(path)
+            preprocessing.check_columns(columns, config.feature_schema, str(path), need_label=True)
 
 
 def _check_warm_start(run: RunState, warm_start_from: str | Path | None) -> None:
