@@ -24,11 +24,13 @@ class Record(BaseModel):
 R = TypeVar("R", bound=BaseModel)
 
 
-def format_validation_error(error: ValidationError, where: str) -> str:
-    """One line per problem: the dotted key path, then what was wrong."""
+def format_validation_error(error: ValidationError, where: str, data: Any = None) -> str:
+    """One line per problem: the dotted key path, then what was wrong. Where the path goes
+    through an item of a list that has a name in ``data`` (the document validated), the
+    name follows its index: ``schema.features.3 ('C1').num_buckets``."""
     lines = []
     for problem in error.errors():
-        path = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        path = _named_path(problem["loc"], data) or "(top level)"
         value = problem.get("input")
         if problem["type"] == "extra_forbidden":
             messages = ["unknown key"]
@@ -45,12 +47,30 @@ def format_validation_error(error: ValidationError, where: str) -> str:
     return header + "\n" + "\n".join(lines)
 
 
+def _named_path(loc: tuple[int | str, ...], data: Any) -> str:
+    """``loc`` dotted, each list index followed by the item's ``name`` where it has one."""
+    parts, node = [], data
+    for part in loc:
+        step = str(part)
+        if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            name = node.get("name") if isinstance(node, dict) else None
+            if isinstance(name, str):
+                step += f" ({name!r})"
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        elif not (isinstance(node, dict) and part == node.get("kind")):
+            node = None  # past the document (a union's tag, say): no more names
+        parts.append(step)
+    return ".".join(parts)
+
+
 def validate_model(cls: type[R], data: Any, where: str) -> R:
     """Build ``cls`` from plain data, raising ConfigError that lists every problem."""
     try:
         return cls.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, where)) from None
+        raise ConfigError(format_validation_error(error, where, data)) from None
 
 
 def read_yaml(path: str | Path, what: str) -> Any:

@@ -235,7 +235,8 @@ def test_two_field_mistakes_are_both_named_in_one_error() -> None:
     )
 
     assert "min_cont" in message
-    assert "features.1" in message and "num_buckets" in message
+    assert "features.1 ('h').hashed.num_buckets: " in message
+    assert "features.0 ('a').categorical.min_cont: unknown key" in message
 
 
 def test_two_reference_mistakes_are_both_named_in_one_error() -> None:
@@ -413,7 +414,16 @@ def test_num_buckets_beyond_what_int32_ids_hold_is_an_error_naming_the_feature(k
 
     message = _error({"features": [_cat("a"), _cat("b"), too_many]})
 
-    assert "num_buckets" in message
+    assert f"features.2 ('big').{kind}.num_buckets: " in message
     assert str(MAX_BUCKETS) in message
     largest = {**too_many, "num_buckets": MAX_BUCKETS}
     assert FeatureSchema.from_dict({"features": [_cat("a"), _cat("b"), largest]})
+
+
+def test_a_path_through_an_unnamed_or_odd_item_is_still_given() -> None:
+    """Items without a string name keep their bare index; a path past the document (a
+    tag pydantic adds) still prints whole."""
+    message = _error({"features": [{"kind": "categorical"}, {"name": 7, "kind": "hashed"}]})
+
+    assert "features.0.categorical.name: Field required" in message
+    assert "features.1.hashed.name: " in message
