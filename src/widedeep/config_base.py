@@ -52,7 +52,7 @@ def _named_path(loc: tuple[int | str, ...], data: Any) -> str:
     parts, node = [], data
     for part in loc:
         step = str(part)
-        if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        if isinstance(node, list | tuple) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
             name = node.get("name") if isinstance(node, dict) else None
             if isinstance(name, str):

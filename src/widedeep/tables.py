@@ -45,10 +45,11 @@ class ParquetColumns:
     is read, turned into codes or numbers, and let go (the benchmark's 1M Criteo-shaped rows,
     whose raw columns take about 530 MB: a peak about 450 MB lower; README, "Measured").
 
-    Its files must not change while it is read: each read checks their sizes and
-    modification times against those seen when it was opened, and the column's length
-    against the table's, so that a file rewritten meanwhile is an error, never a table
-    whose columns come from two versions of it."""
+    Its files must not change while it is read: before and after each read their sizes and
+    modification times are checked against those seen when it was opened, and the column's
+    length against the table's, so that a file rewritten meanwhile is an error, never a
+    table whose columns come from two versions of it. (A rewrite of the same size within
+    one tick of a file system's clock goes unseen.)"""
 
     path: Path
     files: tuple[Path, ...]
@@ -61,14 +62,17 @@ class ParquetColumns:
         """The table at ``path``, of which only the metadata is read now; the errors of
         ``read_table`` for a path that is not a readable Parquet table."""
         path = Path(path)
-        schema = _read_path(path, (), header_only=True).schema  # its errors, if unreadable
+        _read_path(path, (), header_only=True)  # its errors, for a path it cannot read
         files = tuple(_parquet_files(path)) if path.is_dir() else (path,)
-        stamps = _stamps(files)
         try:
+            stamps = _stamps(files)
+            schema = pl.read_parquet_schema(files[0])
             height = pl.scan_parquet(list(files)).select(pl.len()).collect().item()
         except (pl.exceptions.PolarsError, OSError) as error:
             raise SchemaError(f"{path}: cannot be read as a table: {error}") from None
-        return cls(path, files, schema, int(height), stamps)
+        table = cls(path, files, pl.Schema(schema), int(height), stamps)
+        table._check_unchanged()
+        return table
 
     @property
     def columns(self) -> list[str]:
@@ -78,18 +82,26 @@ class ParquetColumns:
         """The column ``name``, read now (each call reads it again)."""
         if name not in self.schema:
             raise SchemaError(f"{self.path}: no column '{name}'")
+        self._check_unchanged()
         try:
-            if _stamps(self.files) != self.stamps:
-                raise SchemaError(f"{self.path}: changed while it was being read")
             column = pl.read_parquet(list(self.files), columns=[name]).to_series()
         except (pl.exceptions.PolarsError, OSError, pa.ArrowException) as error:
             raise SchemaError(f"{self.path}: cannot be read as a table: {error}") from None
+        self._check_unchanged()
         if len(column) != self.height:
             raise SchemaError(
                 f"{self.path}: changed while it was being read (column '{name}' has "
                 f"{len(column)} rows, the table had {self.height})"
             )
         return column
+
+    def _check_unchanged(self) -> None:
+        try:
+            unchanged = _stamps(self.files) == self.stamps
+        except OSError as error:
+            raise SchemaError(f"{self.path}: cannot be read as a table: {error}") from None
+        if not unchanged:
+            raise SchemaError(f"{self.path}: changed while it was being read")
 
 
 def _stamps(files: Sequence[Path]) -> tuple[tuple[int, int], ...]:
@@ -171,8 +183,17 @@ def read_header(path: str | Path) -> list[str]:
     """The column names of the table at ``path``, from no more than its Parquet metadata or
     CSV header, with the error ``read_table`` would raise for a path it cannot read: a run
     checks its held-out files this way before it reads the training table. (A CSV row that
-    does not parse is found only by reading it.)"""
-    return _read_path(Path(path), (), header_only=True).columns
+    does not parse is found only by reading it.) For a folder: the columns every file has."""
+    path = Path(path)
+    columns = _read_path(path, (), header_only=True).columns
+    if path.is_dir():
+        for file in _parquet_files(path)[1:]:
+            try:
+                held = set(pl.read_parquet_schema(file))
+            except (pl.exceptions.PolarsError, OSError) as error:
+                raise SchemaError(f"{file}: cannot be read as a table: {error}") from None
+            columns = [c for c in columns if c in held]
+    return columns
 
 
 def _read_path(path: Path, text_columns: Sequence[str], header_only: bool = False) -> pl.DataFrame:

@@ -427,3 +427,9 @@ def test_a_path_through_an_unnamed_or_odd_item_is_still_given() -> None:
 
     assert "features.0.categorical.name: Field required" in message
     assert "features.1.hashed.name: " in message
+
+
+def test_items_of_a_tuple_are_named_too() -> None:
+    message = _error({"features": ({"name": "a", "kind": "categorical", "min_cont": 1},)})
+
+    assert "features.0 ('a').categorical.min_cont: unknown key" in message

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +13,21 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
+from numpy.typing import NDArray
 from polars.testing import assert_frame_equal, assert_series_equal
 
 from widedeep import tables
 from widedeep.errors import SchemaError
-from widedeep.features.preprocessor import EncodedTable, Preprocessor
+from widedeep.features.preprocessor import ColumnCache, EncodedTable, Preprocessor
 from widedeep.features.schema import FeatureSchema
-from widedeep.tables import ParquetColumns, describe_source, read_columns, read_table, write_table
+from widedeep.tables import (
+    ParquetColumns,
+    describe_source,
+    read_columns,
+    read_header,
+    read_table,
+    write_table,
+)
 
 FRAME = pl.DataFrame({"country": ["de", "fr", None], "age": [23, 41, 35], "score": [0.5, 1.5, 2.0]})
 
@@ -311,3 +322,61 @@ def test_a_parquet_file_rewritten_while_it_is_read_is_named(tmp_path: Path, rows
         table.get_column("age")
     with pytest.raises(SchemaError, match=r"t\.parquet: changed while it was being read"):
         Preprocessor(COUNTRY_AND_AGE).fit(table)
+
+
+def test_a_rewrite_during_a_read_is_found_by_that_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last column read has no later read to notice the rewrite: the read itself must."""
+    path = tmp_path / "t.parquet"
+    FRAME.write_parquet(path)
+    table = ParquetColumns.open(path)
+    read_parquet = pl.read_parquet
+
+    def rewrite_then_read(*args: Any, **kwargs: Any) -> pl.DataFrame:
+        FRAME.with_columns(pl.col("age") * 10).write_parquet(path)  # the same rows
+        return read_parquet(*args, **kwargs)
+
+    monkeypatch.setattr(tables.pl, "read_parquet", rewrite_then_read)
+    with pytest.raises(SchemaError, match=r"t\.parquet: changed while it was being read"):
+        table.get_column("age")
+
+
+def test_the_header_of_a_folder_lists_the_columns_every_file_has(tmp_path: Path) -> None:
+    FRAME.write_parquet(tmp_path / "part-0.parquet")
+    FRAME.drop("score").write_parquet(tmp_path / "part-1.parquet")
+
+    assert read_header(tmp_path) == ["country", "age"]
+    assert read_header(tmp_path / "part-0.parquet") == FRAME.columns
+
+
+def test_the_column_cache_reads_a_column_once_and_keeps_stores_apart() -> None:
+    """One read per store and column however many threads ask at once; a read that asks
+    another store for the same column does not wait on itself."""
+    cache = ColumnCache()
+    reads: list[str] = []
+    gate = threading.Barrier(4)
+
+    def slow_read() -> NDArray[np.float64]:
+        reads.append("numbers")
+        time.sleep(0.05)
+        return np.zeros(3)
+
+    def ask() -> NDArray[np.float64]:
+        gate.wait()
+        return cache.once(cache.numbers, "age", slow_read)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: ask(), range(4)))
+    nested: list[str] = []  # on a thread of its own, so that a deadlock fails, not hangs
+    asker = threading.Thread(
+        target=lambda: nested.append(
+            cache.once(cache.codes, "age", lambda: cache.once(cache.lists, "age", lambda: "x"))
+        ),
+        daemon=True,
+    )
+    asker.start()
+    asker.join(timeout=10)
+
+    assert reads == ["numbers"] and all(r is results[0] for r in results)
+    assert nested == ["x"]

@@ -890,7 +890,7 @@ class ColumnCache:
         """``store[key]``, made by ``read()`` the first time it is asked for; a thread that
         asks while another reads it waits for that read."""
         with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
+            lock = self._locks.setdefault((id(store), key), threading.Lock())
         with lock:
             if key not in store:
                 store[key] = read()

@@ -260,6 +260,8 @@ def _train(
     if raw_test is not None:
         test_table = TensorTable.from_encoded(preprocessor.transform(raw_test, with_labels=True))
         del raw_test
+        if not main:  # encoded on every rank, so a bad value stops them all; scored on one
+            test_table = None
     # Encoded, the raw tables are dead weight through training (the training table's was
     # about 2x its encoding): let them go, and hand the freed memory back to the system.
     # Recommendation runs read the training rows again at the end.
