@@ -1,7 +1,9 @@
 """Reading user tables: Parquet or CSV files (or folders of Parquet files) and DataFrames.
 
-Everything downstream works on a polars DataFrame; this module is the one place that turns
-what a user hands us into one, and names the source in every error.
+Everything downstream works on a polars DataFrame, or, to fit and encode a Parquet table
+without holding its raw rows, on ``ParquetColumns``, which reads it a column at a time; this
+module is the one place that turns what a user hands us into either, and names the source in
+every error.
 """
 
 from __future__ import annotations

@@ -282,9 +282,11 @@ class Preprocessor:
         encoded = self._assemble(lambda name: (side, None), frame.height, release=True)
         labels = None
         if need_label:
-            labels = fitted_labels
-            if labels is None:
-                labels = _encode_labels(frame, self.schema, where)
+            labels = (
+                fitted_labels
+                if fitted_labels is not None
+                else _encode_labels(frame, self.schema, where)
+            )
         return replace(encoded, labels=labels, report=side.report)
 
     def encode_labels(self, source: TableSource) -> NDArray[np.float32]:
