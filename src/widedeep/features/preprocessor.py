@@ -51,6 +51,7 @@ STATE_VERSION = 1
 T = TypeVar("T")
 IdArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
+DenseColumn = NDArray[np.float32]  # a numeric feature's encoded column
 
 
 @dataclass
@@ -130,34 +131,6 @@ class _Tokens:
 
 
 @dataclass(frozen=True)
-class NumericColumn:
-    """A numeric feature's encoded column, held as the column read (float64, NaN where
-    missing; shared with the other features that read it) and the fitted fill and
-    transform, which run a block of rows at a time as the dense matrix is filled.
-
-    Encoding the whole column first made a float64 copy of it (8 MB a million rows), cast
-    to float32 into the matrix and dropped: memory touched for the first time, which was
-    most of preprocessing's time on a VM whose host backs a page only when it is first
-    written (README, "Preprocessing").
-    """
-
-    feature: NumericFeature
-    values: FloatArray
-    state: dict[str, Any]
-
-    def take(self, rows: NDArray[np.int64]) -> NumericColumn:
-        """The same column for the given rows."""
-        return NumericColumn(self.feature, self.values[rows], self.state)
-
-    def encode(self, start: int, stop: int) -> FloatArray:
-        """The encoded values of rows ``start`` .. ``stop - 1`` (a new float64 array)."""
-        block = self.values[start:stop]
-        return _transformed(
-            self.feature, self.state, np.where(np.isnan(block), self.state["fill"], block)
-        )
-
-
-@dataclass(frozen=True)
 class SideTable:
     """The features of one side (a users or items table) encoded once, row-aligned.
 
@@ -166,7 +139,7 @@ class SideTable:
     """
 
     names: tuple[str, ...]
-    values: dict[str, NDArray[Any] | CodedIds | NumericColumn]
+    values: dict[str, NDArray[Any] | CodedIds]
     tokens: dict[str, _Tokens]
     report: TransformReport
 
@@ -188,15 +161,31 @@ class Preprocessor:
         """``fit`` then ``transform`` on the same table (read once, each id column
         dictionary-encoded once for both)."""
         frame, where = self._open(source), describe_source(source)
-        cache = ColumnCache()
+        cache = ColumnCache(dense=self._dense_out(frame.height))
         self._fit_frame(frame, where, cache)
         return self._transform_frame(frame, where, with_labels=None, cache=cache)
 
     def _fit_frame(
         self, frame: ColumnTable, where: str, cache: ColumnCache | None = None
     ) -> Preprocessor:
-        stats = self._chunk_stats(Chunk(frame, where), cache)
-        return self._finish_fit(stats, where)
+        """``fit`` on one whole table: each feature's stats and state in one task, so that
+        sorting one column's vocabulary overlaps reading and counting the next. With a
+        ``cache`` that holds the dense matrix (``fit_transform``), a numeric feature is
+        encoded into it in the same task and its float64 column let go then, not once
+        every feature is fitted."""
+        features = list(self.schema.features)
+        dense = set() if cache is None or cache.dense is None else set(cache.dense.index)
+
+        def fit(feature: Feature, stats: FeatureStats) -> dict[str, Any]:
+            state = _fit_feature(feature, stats, where)
+            if feature.name in dense:
+                assert cache is not None and isinstance(feature, NumericFeature)
+                _encode_dense(feature, frame, state, where, cache, self.schema)
+            return state
+
+        states = self._chunk_stats(Chunk(frame, where), cache, then=fit)
+        self.state_ = {f.name: state for f, state in zip(features, states, strict=True)}
+        return self
 
     def fit_chunks(self, chunks: Iterable[Chunk], where: str) -> Preprocessor:
         """Learn each feature's state in one pass over a table read in ``chunks`` (named
@@ -214,15 +203,22 @@ class Preprocessor:
             raise SchemaError(f"{where}: the table is empty (0 rows)")
         return self._finish_fit(total, where)
 
-    def _chunk_stats(self, chunk: Chunk, cache: ColumnCache | None = None) -> list[FeatureStats]:
+    def _chunk_stats(
+        self,
+        chunk: Chunk,
+        cache: ColumnCache | None = None,
+        then: Callable[[Feature, FeatureStats], T] | None = None,
+    ) -> list[Any]:
+        """Each feature's stats of ``chunk``, or ``then(feature, stats)`` where given."""
         frame, where = chunk.frame, chunk.where
+
+        def work(feature: Feature) -> Any:
+            stats = _feature_stats(feature, frame, where, chunk.offset, cache)
+            return stats if then is None else then(feature, stats)
+
         with chunk.numbered():
             _check_table(frame, self.schema, where, need_label=self.schema.label is not None)
-            stats = _per_feature(
-                lambda f: _feature_stats(f, frame, where, chunk.offset, cache),
-                list(self.schema.features),
-                frame.height,
-            )
+            stats = _per_feature(work, list(self.schema.features), frame.height)
             if self.schema.label is not None:  # fails early on a bad label column
                 labels = _encode_labels(frame, self.schema, where)
                 if cache is not None:
@@ -275,11 +271,17 @@ class Preprocessor:
             raise SchemaError("labels were asked for, but the schema declares no label")
         need_label = bool(with_labels) or (with_labels is None and has_label)
         _check_table(frame, self.schema, where, need_label=need_label)
+        if cache is None:
+            cache = ColumnCache(dense=self._dense_out(frame.height))
+        out = cache.dense
+        assert out is not None  # numeric features are encoded straight into it
         side = self._encode_side(frame, where, self._base_features(), cache)
-        fitted_labels = None if cache is None else cache.labels  # fit_transform's, if any
-        if cache is not None:  # the side now holds the only references to the columns read
-            cache.clear()
-        encoded = self._assemble(lambda name: (side, None), frame.height, release=True)
+        assert out.filled == set(out.index)  # every column of the matrix written
+        fitted_labels = cache.labels  # fit_transform's, if any
+        cache.clear()  # the side now holds the only references to the columns read
+        encoded = self._assemble(
+            lambda name: (side, None), frame.height, release=True, dense=out.matrix
+        )
         labels = None
         if need_label:
             labels = (
@@ -389,13 +391,15 @@ class Preprocessor:
             for part in f.features
         }
         report = TransformReport(rows=frame.height)
-        values: dict[str, NDArray[Any] | CodedIds | NumericColumn] = {}
+        values: dict[str, NDArray[Any] | CodedIds] = {}
         tokens: dict[str, _Tokens] = {}
         resolved = [self.schema.feature(i) if isinstance(i, str) else i for i in features]
 
         def encode(feature: Feature) -> tuple[Any, ColumnReport | None, _Tokens | None]:
             if isinstance(feature, NumericFeature):
-                numeric = _encode_numeric(feature, frame, state[feature.name], where, cache)
+                numeric = _encode_dense(
+                    feature, frame, state[feature.name], where, cache, self.schema
+                )
                 return numeric, None, None
             value, column_report, token = None, None, None
             if feature.name in in_layout:
@@ -425,20 +429,22 @@ class Preprocessor:
         n: int,
         fields: Collection[str] | None = None,
         release: bool = False,
+        dense: NDArray[np.float32] | None = None,
     ) -> EncodedTable:
         """Stack features in layout order, gathering each from its side's rows. ``release``:
         take each feature's column out of its side as it is read (a side used once), so that
         a column is let go once it is in its matrix. The numeric columns go first: the id
         matrix, the largest, is then made without them (the benchmark's 1M rows: 104 MB of
-        float64 columns fewer at the peak)."""
+        float64 columns fewer at the peak). ``dense``: the dense matrix, filled already as
+        the numeric features were encoded."""
         layout = self.layout
 
-        def value(name: str) -> Column | NumericColumn:
+        def value(name: str) -> NDArray[Any] | CodedIds:
             side, rows = source_of(name)
             array = side.values.pop(name) if release else side.values[name]
             if rows is None:
                 return array
-            if isinstance(array, CodedIds | NumericColumn):
+            if isinstance(array, CodedIds):
                 return array.take(rows)
             return array[rows]
 
@@ -455,18 +461,17 @@ class Preprocessor:
             feature = self.schema.feature(name)
             if isinstance(feature, CrossFeature):
                 return _encode_cross(feature, tokens, self.schema)
-            ids = value(name)
-            assert not isinstance(ids, NumericColumn)  # the layout's fields are not numeric
-            return ids
+            return value(name)
 
-        def numeric(name: str) -> NumericColumn | FloatArray:
+        def numeric(name: str) -> DenseColumn:
             if fields is not None and name not in fields:
-                return np.zeros(n)  # a placeholder, never read
+                return np.zeros(n, dtype=np.float32)  # a placeholder, never read
             column = value(name)
-            assert isinstance(column, NumericColumn)  # the layout's dense columns are numeric
+            assert not isinstance(column, CodedIds)  # the layout's dense columns are numeric
             return column
 
-        dense = _dense_matrix([numeric(name) for name in layout.dense], n)
+        if dense is None:
+            dense = _dense_matrix([numeric(name) for name in layout.dense], n)
         ids = stack_ids([column(f.name) for f in layout.single], n)
         multi = tuple(
             _expanded(column(f.name)).reshape(n, -1).astype(np.int32) for f in layout.multi
@@ -489,16 +494,28 @@ class Preprocessor:
         self._layout_of = (state, self._make_layout(state))
         return self._layout_of[1]
 
+    def _dense_names(self) -> list[str]:
+        """The numeric features of the model, in the order of the dense matrix's columns."""
+        used = set(self.schema.wide_names) | set(self.schema.deep_names)
+        return [
+            f.name for f in self.schema.features if isinstance(f, NumericFeature) and f.name in used
+        ]
+
+    def _dense_out(self, rows: int) -> DenseOut:
+        """An empty dense matrix for a table of ``rows`` rows."""
+        names = self._dense_names()
+        return DenseOut(
+            np.empty((rows, len(names)), dtype=np.float32), {n: j for j, n in enumerate(names)}
+        )
+
     def _make_layout(self, state: dict[str, dict[str, Any]]) -> FeatureLayout:
         wide, deep = set(self.schema.wide_names), set(self.schema.deep_names)
         single: list[SparseField] = []
         multi: list[SparseField] = []
-        dense: list[str] = []
         for feature in self.schema.features:
             if feature.name not in wide and feature.name not in deep:
                 continue
             if isinstance(feature, NumericFeature):
-                dense.append(feature.name)
                 continue
             cardinality = _cardinality(feature, state[feature.name])
             is_multi = self._is_multi_valued(feature)
@@ -512,7 +529,8 @@ class Preprocessor:
                 pooling=feature.pooling if isinstance(feature, MultiCategoricalFeature) else "sum",
             )
             (multi if is_multi else single).append(sparse)
-        return FeatureLayout(single=tuple(single), multi=tuple(multi), dense=tuple(dense))
+        dense = tuple(self._dense_names())
+        return FeatureLayout(single=tuple(single), multi=tuple(multi), dense=dense)
 
     def _is_multi_valued(self, feature: Feature) -> bool:
         if isinstance(feature, MultiCategoricalFeature):
@@ -875,6 +893,20 @@ class _Codes:
         return np.asarray(positions.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class DenseOut:
+    """A table's dense matrix as its numeric features are encoded into it: ``index``, each
+    feature's column; ``filled``, the features encoded so far."""
+
+    matrix: NDArray[np.float32]
+    index: dict[str, int]
+    filled: set[str] = field(default_factory=set)
+
+    def column(self, name: str) -> NDArray[np.float32]:
+        """The feature's column of the matrix (a strided view, written in place)."""
+        return self.matrix[:, self.index[name]]
+
+
 @dataclass
 class ColumnCache:
     """Columns already read and converted, by source column: ``fit_transform`` reads each
@@ -883,6 +915,7 @@ class ColumnCache:
 
     codes: dict[str, _Codes] = field(default_factory=dict)
     numbers: dict[str, FloatArray] = field(default_factory=dict)
+    dense: DenseOut | None = None  # the table's dense matrix, filled as features are encoded
     lists: dict[tuple[str, str], pa.Array] = field(default_factory=dict)  # (column, separator)
     labels: NDArray[np.float32] | None = None
     _locks: dict[Hashable, threading.Lock] = field(default_factory=dict)
@@ -902,6 +935,7 @@ class ColumnCache:
         """Let go of every column read (the labels too)."""
         self.codes.clear()
         self.numbers.clear()
+        self.dense = None
         self.lists.clear()
         self.labels = None
 
@@ -1197,21 +1231,16 @@ def _expanded(column: Column | NDArray[Any]) -> NDArray[Any]:
 _DENSE_BLOCK = 16_384  # rows: the block's float64 temporaries (128 kB a column) stay in L2
 
 
-def _dense_matrix(columns: Sequence[NumericColumn | FloatArray], n: int) -> NDArray[np.float32]:
+def _dense_matrix(columns: Sequence[DenseColumn], n: int) -> NDArray[np.float32]:
     """The numeric columns side by side as one row-major (n, len(columns)) float32 matrix,
-    each encoded a block of rows at a time straight into it (``NumericColumn``)."""
+    copied a block of rows at a time (the rows being written stay in cache)."""
     out = np.empty((n, len(columns)), dtype=np.float32)
 
     def fill(first: int, last: int) -> None:
         for start in range(first, last, _DENSE_BLOCK):
             stop = min(start + _DENSE_BLOCK, last)
             for j, column in enumerate(columns):
-                encoded = (
-                    column.encode(start, stop)
-                    if isinstance(column, NumericColumn)
-                    else column[start:stop]
-                )
-                out[start:stop, j] = encoded
+                out[start:stop, j] = column[start:stop]
 
     if columns:
         over_row_ranges(fill, n)
@@ -1336,16 +1365,62 @@ def _encode_numeric(
     state: dict[str, Any],
     where: str,
     cache: ColumnCache | None = None,
-) -> NumericColumn:
-    """The feature's column, checked now (a missing value with fill 'error', a value log1p
-    cannot take) and encoded as the dense matrix is filled."""
+    schema: FeatureSchema | None = None,
+    out: DenseColumn | None = None,
+) -> DenseColumn:
+    """The feature's column, checked (a missing value with fill 'error', a value log1p
+    cannot take), filled and transformed into float32, a block of rows at a time: the
+    whole column in float64 would be a copy of it (8 MB a million rows) touched for the
+    first time, which was most of preprocessing's time on a VM whose host backs a page
+    only when it is first written (README, "Preprocessing"). ``out``: where to write it (a
+    column of the dense matrix), else a new array. The float64 column read is let go from
+    ``cache`` when no other feature of ``schema`` reads it."""
     values = _column_numbers(frame, feature, where, cache)
     missing = np.isnan(values)
     if feature.fill == "error" and missing.any():
         _raise_missing(feature, values, where)
     if feature.transform == "log1p":
         _check_log1p(feature, values, where, missing, state["fill"])
-    return NumericColumn(feature, values, state)
+    if out is None:
+        out = np.empty(len(values), dtype=np.float32)
+    for start in range(0, len(values), _DENSE_BLOCK):
+        block = values[start : start + _DENSE_BLOCK]
+        filled = np.where(missing[start : start + _DENSE_BLOCK], state["fill"], block)
+        out[start : start + len(block)] = _transformed(feature, state, filled)
+    if cache is not None and schema is not None and _sole_reader(feature, schema):
+        cache.numbers.pop(feature.source_column, None)
+    return out
+
+
+def _encode_dense(
+    feature: NumericFeature,
+    frame: ColumnTable,
+    state: dict[str, Any],
+    where: str,
+    cache: ColumnCache,
+    schema: FeatureSchema,
+) -> DenseColumn:
+    """``_encode_numeric`` into the cache's dense matrix, once, where it has a column for
+    ``feature``; else into a new array."""
+    out = cache.dense
+    if out is None or feature.name not in out.index:
+        return _encode_numeric(feature, frame, state, where, cache, schema)
+    column = out.column(feature.name)
+    if feature.name not in out.filled:  # fit_transform fills it as the feature is fitted
+        _encode_numeric(feature, frame, state, where, cache, schema, column)
+        out.filled.add(feature.name)
+    return column
+
+
+def _sole_reader(feature: Feature, schema: FeatureSchema) -> bool:
+    """Whether ``feature`` is the only feature of ``schema`` that reads its column as numbers."""
+    readers = (
+        f
+        for f in schema.features
+        if isinstance(f, NumericFeature | BucketizedFeature)
+        and f.source_column == feature.source_column
+    )
+    return sum(1 for _ in readers) == 1
 
 
 def _transformed(feature: NumericFeature, state: dict[str, Any], values: FloatArray) -> FloatArray:
