@@ -11,8 +11,10 @@ import numpy as np
 import polars as pl
 import pytest
 
+from widedeep import tables
 from widedeep.errors import SchemaError
-from widedeep.features.preprocessor import Preprocessor
+from widedeep.features import preprocessor
+from widedeep.features.preprocessor import Chunk, Preprocessor
 from widedeep.features.schema import FIRST_ID, UNKNOWN_ID, FeatureSchema
 
 
@@ -290,12 +292,12 @@ def test_a_large_table_encodes_block_by_block_as_whole_columns_would() -> None:
 
 
 def test_fit_transform_encodes_numeric_features_as_fit_then_transform_does(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``fit_transform`` writes each numeric feature into the dense matrix as soon as it is
-    fitted (on threads, for a large table read a column at a time): the same bits as
-    fitting, then encoding, whether a column feeds one feature or several. A numeric
-    feature outside the model is still checked."""
+    fitted (on threads, for a large table read a column at a time): once each, the same
+    bits as fitting, then encoding, and each column read once, whether it feeds one
+    feature or several. A numeric feature outside the model is still checked by the fit."""
     rng = np.random.default_rng(1)
     n = 120_000
     own, shared = rng.lognormal(1.0, 1.0, n), rng.normal(5.0, 2.0, n)
@@ -333,10 +335,29 @@ def test_fit_transform_encodes_numeric_features_as_fit_then_transform_does(
     )
 
     together = Preprocessor(schema)
+    encodes: list[tuple[str, bool]] = []  # (feature, while fitting)
+    encode = preprocessor._encode_numeric
+
+    def spy(feature: Any, *args: Any, **kwargs: Any) -> Any:
+        encodes.append((feature.name, together.state_ is None))
+        return encode(feature, *args, **kwargs)
+
+    monkeypatch.setattr(preprocessor, "_encode_numeric", spy)
+    reads: list[Any] = []
+    read_parquet = pl.read_parquet
+    monkeypatch.setattr(
+        tables.pl,
+        "read_parquet",
+        lambda *args, **kwargs: reads.append(kwargs["columns"]) or read_parquet(*args, **kwargs),
+    )
     encoded = together.fit_transform(path)
+    monkeypatch.undo()
     apart = Preprocessor(schema).fit(path)
     want = apart.transform(path)
 
+    # the model's numeric features, each once, as it is fitted ('checked' is not encoded)
+    assert sorted(encodes) == [("own", True), ("shared", True), ("shared_q", True)]
+    assert sorted(column for (column,) in reads) == sorted(frame.columns)
     assert together.state_ == apart.state_
     assert together.layout.dense == ("own", "shared", "shared_q")
     assert np.array_equal(encoded.dense, want.dense)
@@ -346,3 +367,33 @@ def test_fit_transform_encodes_numeric_features_as_fit_then_transform_does(
     frame.with_columns(checked=pl.lit(None, dtype=pl.Float64)).write_parquet(path)
     with pytest.raises(SchemaError, match="'checked'"):
         Preprocessor(schema).fit_transform(path)
+
+
+def test_a_table_with_several_faults_fails_on_the_same_one_whether_streamed_or_not() -> None:
+    """Fitting runs each feature's stats and fit in one task, yet a table with several
+    faults reports them as separate passes would, and as fitting it chunk by chunk does:
+    a feature's bad values first, then a bad label, then what only its fit finds."""
+    schema = FeatureSchema.from_dict(
+        {
+            "label": {"column": "label"},
+            "features": [
+                {"name": "empty", "kind": "numeric"},
+                {"name": "text", "kind": "numeric"},
+            ],
+            "deep": ["empty", "text"],
+        }
+    )
+    empty = pl.Series([None] * 3, dtype=pl.Float64)
+    cases = [
+        ({"empty": empty, "text": ["1", "x", "2"], "label": [0, 1, 0]}, "expected a number"),
+        ({"empty": empty, "text": ["1", "2", "3"], "label": [0, 2, 0]}, "label must be 0 or 1"),
+        ({"empty": empty, "text": ["1", "2", "3"], "label": [0, 1, 0]}, "every value is missing"),
+    ]
+    for columns, message in cases:
+        frame = pl.DataFrame(columns)
+        with pytest.raises(SchemaError, match=message):
+            Preprocessor(schema).fit(frame)
+        with pytest.raises(SchemaError, match=message):
+            Preprocessor(schema).fit_transform(frame)
+        with pytest.raises(SchemaError, match=message):
+            Preprocessor(schema).fit_chunks([Chunk(frame, "t")], "t")

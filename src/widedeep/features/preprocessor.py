@@ -171,8 +171,8 @@ class Preprocessor:
         """``fit`` on one whole table: each feature's stats and state in one task, so that
         sorting one column's vocabulary overlaps reading and counting the next. With a
         ``cache`` that holds the dense matrix (``fit_transform``), a numeric feature is
-        encoded into it in the same task and its float64 column let go then, not once
-        every feature is fitted."""
+        encoded into it in the same task, and its float64 column let go then where no
+        other feature reads it, not once every feature is fitted."""
         features = list(self.schema.features)
         dense = set() if cache is None or cache.dense is None else set(cache.dense.index)
 
@@ -207,23 +207,34 @@ class Preprocessor:
         self,
         chunk: Chunk,
         cache: ColumnCache | None = None,
-        then: Callable[[Feature, FeatureStats], T] | None = None,
+        then: Callable[[Feature, FeatureStats], Any] | None = None,
     ) -> list[Any]:
-        """Each feature's stats of ``chunk``, or ``then(feature, stats)`` where given."""
+        """Each feature's stats of ``chunk``; with ``then``, ``then(feature, stats)`` instead,
+        in the same task. A table with several faults fails as separate passes would (and
+        as ``fit_chunks`` does): on the first feature whose stats fail, else a bad label,
+        else the first feature whose ``then`` fails."""
         frame, where = chunk.frame, chunk.where
 
         def work(feature: Feature) -> Any:
             stats = _feature_stats(feature, frame, where, chunk.offset, cache)
-            return stats if then is None else then(feature, stats)
+            if then is None:
+                return stats
+            try:
+                return then(feature, stats)
+            except SchemaError as error:  # raised once every feature's stats and the label pass
+                return _Failed(error)
 
         with chunk.numbered():
             _check_table(frame, self.schema, where, need_label=self.schema.label is not None)
-            stats = _per_feature(work, list(self.schema.features), frame.height)
-            if self.schema.label is not None:  # fails early on a bad label column
+            results = _per_feature(work, list(self.schema.features), frame.height)
+            if self.schema.label is not None:  # fails before any feature's fit
                 labels = _encode_labels(frame, self.schema, where)
                 if cache is not None:
                     cache.labels = labels
-        return stats
+            failed = next((r for r in results if isinstance(r, _Failed)), None)
+            if failed is not None:
+                raise failed.error
+        return results
 
     def _finish_fit(self, stats: list[FeatureStats], where: str) -> Preprocessor:
         features = list(self.schema.features)
@@ -434,9 +445,8 @@ class Preprocessor:
         """Stack features in layout order, gathering each from its side's rows. ``release``:
         take each feature's column out of its side as it is read (a side used once), so that
         a column is let go once it is in its matrix. The numeric columns go first: the id
-        matrix, the largest, is then made without them (the benchmark's 1M rows: 104 MB of
-        float64 columns fewer at the peak). ``dense``: the dense matrix, filled already as
-        the numeric features were encoded."""
+        matrix, the largest, is then made without them. ``dense``: the dense matrix, filled
+        already as the numeric features were encoded (a table's own encoding, not pairs)."""
         layout = self.layout
 
         def value(name: str) -> NDArray[Any] | CodedIds:
@@ -891,6 +901,13 @@ class _Codes:
             return index.positions(self.dictionary)
         positions = pc.fill_null(pc.index_in(self.dictionary.cast(index.type), value_set=index), -1)
         return np.asarray(positions.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A feature's fit that failed, raised once the other checks have had their turn."""
+
+    error: SchemaError
 
 
 @dataclass(frozen=True)
@@ -1365,16 +1382,16 @@ def _encode_numeric(
     state: dict[str, Any],
     where: str,
     cache: ColumnCache | None = None,
-    schema: FeatureSchema | None = None,
     out: DenseColumn | None = None,
+    release: bool = False,
 ) -> DenseColumn:
     """The feature's column, checked (a missing value with fill 'error', a value log1p
     cannot take), filled and transformed into float32, a block of rows at a time: the
     whole column in float64 would be a copy of it (8 MB a million rows) touched for the
     first time, which was most of preprocessing's time on a VM whose host backs a page
     only when it is first written (README, "Preprocessing"). ``out``: where to write it (a
-    column of the dense matrix), else a new array. The float64 column read is let go from
-    ``cache`` when no other feature of ``schema`` reads it."""
+    column of the dense matrix), else a new array. ``release``: let go of the float64 column
+    in ``cache`` once encoded (no other feature reads it)."""
     values = _column_numbers(frame, feature, where, cache)
     missing = np.isnan(values)
     if feature.fill == "error" and missing.any():
@@ -1387,7 +1404,7 @@ def _encode_numeric(
         block = values[start : start + _DENSE_BLOCK]
         filled = np.where(missing[start : start + _DENSE_BLOCK], state["fill"], block)
         out[start : start + len(block)] = _transformed(feature, state, filled)
-    if cache is not None and schema is not None and _sole_reader(feature, schema):
+    if cache is not None and release:
         cache.numbers.pop(feature.source_column, None)
     return out
 
@@ -1401,13 +1418,14 @@ def _encode_dense(
     schema: FeatureSchema,
 ) -> DenseColumn:
     """``_encode_numeric`` into the cache's dense matrix, once, where it has a column for
-    ``feature``; else into a new array."""
-    out = cache.dense
+    ``feature``; else into a new array. The float64 column read is let go once encoded
+    where no other feature of ``schema`` reads it."""
+    out, release = cache.dense, _sole_reader(feature, schema)
     if out is None or feature.name not in out.index:
-        return _encode_numeric(feature, frame, state, where, cache, schema)
+        return _encode_numeric(feature, frame, state, where, cache, release=release)
     column = out.column(feature.name)
     if feature.name not in out.filled:  # fit_transform fills it as the feature is fitted
-        _encode_numeric(feature, frame, state, where, cache, schema, column)
+        _encode_numeric(feature, frame, state, where, cache, column, release)
         out.filled.add(feature.name)
     return column
 
