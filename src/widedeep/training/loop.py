@@ -382,6 +382,16 @@ def _train(
         run.position = Position.epoch_start(epoch + 1, generator, device)
         checkpoint()
 
+    # Trained: the training table is not read again (a recommendation run keeps its labels),
+    # so it is let go before the final scoring, which holds its own buffers.
+    train_rows = len(train_table)
+    train_labels = None
+    if splits is not None and splits.rec is not None:
+        assert isinstance(train_table, TensorTable) and train_table.labels is not None
+        train_labels = train_table.labels.numpy()
+    del train_table, placed_table
+    release_freed_memory()
+
     best_epoch = len(history)
     if stopper is not None and stopper.best_state is not None:
         model.load_state_dict(stopper.best_state)
@@ -408,7 +418,7 @@ def _train(
         "validation": validation_metrics,
         "test": test_metrics,
         "rows": {
-            "train": len(train_table),
+            "train": train_rows,
             "validation": len(validation_table),
             "test": 0 if test_table is None else len(test_table),
         },
@@ -417,8 +427,8 @@ def _train(
         metrics["warm_start"] = run.warm_start
     tables = None
     if splits is not None and splits.rec is not None:
-        assert isinstance(train_table, TensorTable) and train_table.labels is not None
-        tables = recommendation_tables(splits, train_table.labels.numpy(), config)
+        assert train_labels is not None
+        tables = recommendation_tables(splits, train_labels, config)
         _write_interactions(run_dir, splits)
     bundle_dir = save_bundle(
         run_dir / "bundle", model, preprocessor, config, metrics, tables=tables
