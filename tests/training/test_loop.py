@@ -33,6 +33,7 @@ from widedeep.inference import predict
 from widedeep.model import gather
 from widedeep.optim import FTRL, LazyAdagrad, LazyAdam
 from widedeep.tables import ParquetColumns
+from widedeep.training import loop
 from widedeep.training.loop import EarlyStopping, TrainResult, train
 from widedeep.training.optimizers import build_optimizers
 
@@ -299,6 +300,36 @@ def test_early_stopping_stops_and_restores_the_best_weights(
     manifest = json.loads((stopped.bundle_dir / "manifest.json").read_text())
     assert manifest["metrics"]["best_epoch"] == 1
     assert manifest["metrics"]["validation"] == validation_row(stopped, 1)
+
+
+def test_the_last_epochs_validation_scores_are_the_runs_unless_weights_are_restored(
+    base: dict[str, Any], tmp_path: Path, no_plots: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final validation metrics and plots take the last epoch's scores (the same
+    weights) rather than scoring the validation table again; with early stopping's best
+    weights restored, the table is scored again with them."""
+    scored: list[int] = []  # rows of each table scored
+    score = loop.predict
+
+    def spy(model: Any, table: Any, *args: Any, **kwargs: Any) -> Any:
+        scored.append(len(table))
+        return score(model, table, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "predict", spy)
+    plain = run(base, tmp_path / "plain", "train.epochs=2")
+    validation, test = scored[0], scored[-1]
+    assert scored == [validation, validation, test]  # one pass per epoch, none after; the test
+    assert plain.validation_metrics == validation_row(plain, 2)
+
+    scored.clear()
+    stopped = run(
+        base,
+        tmp_path / "stopped",
+        "train.epochs=5",
+        "train.early_stopping={metric: auc, patience: 1, min_delta: 0.5}",
+    )
+    assert scored == [validation] * 3 + [test]  # epochs 1 and 2, then epoch 1's weights
+    assert stopped.validation_metrics == validation_row(stopped, 1)
 
 
 @pytest.mark.parametrize(("metric", "best"), [("auc", np.argmax), ("logloss", np.argmin)])

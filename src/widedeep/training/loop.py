@@ -348,6 +348,7 @@ def _train(
     )
     if isinstance(placed_table, TensorTable):  # once here, not in every step
         model.check_inputs(placed_table.slice(0, len(placed_table)))
+    last_validation = None  # this process's last epoch's (predictions, metrics)
     while not run.finished(settings.epochs):
         position = run.position
         epoch = position.epoch
@@ -362,7 +363,8 @@ def _train(
             checkpoint,
             exchange,
         )
-        _, report = _evaluate(model, validation_table, settings.eval_batch_size, device)
+        last_validation = _evaluate(model, validation_table, settings.eval_batch_size, device)
+        report = last_validation[1]
         row: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -393,15 +395,20 @@ def _train(
     release_freed_memory()
 
     best_epoch = len(history)
-    if stopper is not None and stopper.best_state is not None:
-        model.load_state_dict(stopper.best_state)
+    best_state = None if stopper is None else stopper.best_state
+    if stopper is not None and best_state is not None:
+        model.load_state_dict(best_state)
         best_epoch = stopper.best_epoch
     model.eval()
     if not main:  # rank 0 evaluates and writes the run; the other ranks are done
         return TrainResult(run_dir, run_dir / "bundle", history, best_epoch, {}, None)
-    validation_predictions, validation_metrics = _evaluate(
-        model, validation_table, settings.eval_batch_size, device
-    )
+    if last_validation is not None and best_state is None:
+        # the weights the last epoch validated: its scores, not a second pass over the table
+        validation_predictions, validation_metrics = last_validation
+    else:
+        validation_predictions, validation_metrics = _evaluate(
+            model, validation_table, settings.eval_batch_size, device
+        )
     test_metrics = None
     test_predictions = None
     if test_table is not None:
