@@ -317,7 +317,8 @@ def test_the_last_epochs_validation_scores_are_the_runs_unless_weights_are_resto
 
     monkeypatch.setattr(loop, "predict", spy)
     plain = run(base, tmp_path / "plain", "train.epochs=2")
-    validation, test = scored[0], scored[-1]
+    validation, test = scored[0], scored[-1]  # told apart by their sizes
+    assert validation != test
     assert scored == [validation, validation, test]  # one pass per epoch, none after; the test
     assert plain.validation_metrics == validation_row(plain, 2)
 
