@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import pytest
 
-from widedeep import tables
 from widedeep.errors import SchemaError
-from widedeep.features import preprocessor
 from widedeep.features.preprocessor import Chunk, Preprocessor
 from widedeep.features.schema import FIRST_ID, UNKNOWN_ID, FeatureSchema
 
@@ -289,84 +286,6 @@ def test_a_large_table_encodes_block_by_block_as_whole_columns_would() -> None:
     assert np.array_equal(
         buckets[~missing], FIRST_ID + np.searchsorted([1.0, 5.0], raw[~missing], side="right")
     )
-
-
-def test_fit_transform_encodes_numeric_features_as_fit_then_transform_does(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``fit_transform`` writes each numeric feature into the dense matrix as soon as it is
-    fitted (on threads, for a large table read a column at a time): once each, the same
-    bits as fitting, then encoding, and each column read once, whether it feeds one
-    feature or several. A numeric feature outside the model is still checked by the fit."""
-    rng = np.random.default_rng(1)
-    n = 120_000
-    own, shared = rng.lognormal(1.0, 1.0, n), rng.normal(5.0, 2.0, n)
-    own[rng.random(n) < 0.1] = np.nan
-    frame = pl.DataFrame(
-        {
-            "own": pl.Series(own).fill_nan(None),
-            "shared": shared,
-            "checked": rng.random(n),
-            "city": rng.integers(0, 50, n).astype(str),
-            "label": rng.integers(0, 2, n),
-        }
-    )
-    path = tmp_path / "train.parquet"
-    frame.write_parquet(path, row_group_size=30_000)
-    schema = FeatureSchema.from_dict(
-        {
-            "label": {"column": "label"},
-            "features": [
-                {"name": "own", "kind": "numeric", "transform": "log1p", "fill": "median"},
-                {"name": "shared", "kind": "numeric", "transform": "standardize"},
-                {
-                    "name": "shared_q",
-                    "kind": "numeric",
-                    "column": "shared",
-                    "transform": "quantile",
-                },
-                {"name": "shared_b", "kind": "bucketized", "column": "shared", "num_buckets": 4},
-                {"name": "checked", "kind": "numeric", "fill": "error"},
-                {"name": "city", "kind": "categorical"},
-            ],
-            "wide": ["city", "shared_b"],
-            "deep": ["own", "shared", "shared_q", "city"],
-        }
-    )
-
-    together = Preprocessor(schema)
-    encodes: list[tuple[str, bool]] = []  # (feature, while fitting)
-    encode = preprocessor._encode_numeric
-
-    def spy(feature: Any, *args: Any, **kwargs: Any) -> Any:
-        encodes.append((feature.name, together.state_ is None))
-        return encode(feature, *args, **kwargs)
-
-    monkeypatch.setattr(preprocessor, "_encode_numeric", spy)
-    reads: list[Any] = []
-    read_parquet = pl.read_parquet
-    monkeypatch.setattr(
-        tables.pl,
-        "read_parquet",
-        lambda *args, **kwargs: reads.append(kwargs["columns"]) or read_parquet(*args, **kwargs),
-    )
-    encoded = together.fit_transform(path)
-    monkeypatch.undo()
-    apart = Preprocessor(schema).fit(path)
-    want = apart.transform(path)
-
-    # the model's numeric features, each once, as it is fitted ('checked' is not encoded)
-    assert sorted(encodes) == [("own", True), ("shared", True), ("shared_q", True)]
-    assert sorted(column for (column,) in reads) == sorted(frame.columns)
-    assert together.state_ == apart.state_
-    assert together.layout.dense == ("own", "shared", "shared_q")
-    assert np.array_equal(encoded.dense, want.dense)
-    assert np.array_equal(encoded.ids, want.ids)
-    assert np.isfinite(encoded.dense).all()
-
-    frame.with_columns(checked=pl.lit(None, dtype=pl.Float64)).write_parquet(path)
-    with pytest.raises(SchemaError, match="'checked'"):
-        Preprocessor(schema).fit_transform(path)
 
 
 def test_a_table_with_several_faults_fails_on_the_same_one_whether_streamed_or_not() -> None:
