@@ -83,8 +83,13 @@ def is_main() -> bool:
 
 
 def barrier() -> None:
-    """Wait for every rank (no-op in one process)."""
-    if is_distributed():
+    """Wait for every rank (no-op in one process); under NCCL on this process's GPU (named,
+    so that torch need not guess it and warn)."""
+    if not is_distributed():
+        return
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
         dist.barrier()
 
 

@@ -400,6 +400,14 @@ def _train(
         model.load_state_dict(best_state)
         best_epoch = stopper.best_epoch
     model.eval()
+    # Every rank waits here, after its last collective, before the others may exit. A gloo
+    # worker thread frees a finished collective's tensors after the call has returned, and
+    # needs the GIL to free a tensor Python has seen; a rank that went straight on to exit
+    # could be finalizing by then, and the worker's wait for the GIL aborts the process
+    # ("terminate called without an active exception"; 1 run in about 40). The barrier's
+    # wait releases the GIL, so the worker all but certainly finishes first. Rank 0 has only
+    # just written its checkpoint: no rank waits long here.
+    distributed.barrier()
     if not main:  # rank 0 evaluates and writes the run; the other ranks are done
         return TrainResult(run_dir, run_dir / "bundle", history, best_epoch, {}, None)
     if last_validation is not None and best_state is None:
