@@ -147,7 +147,7 @@ def test_every_rank_ends_its_collectives_with_a_barrier(
 ) -> None:
     # A rank that left right after a collective could be finalizing while gloo's worker
     # thread still waited for the GIL to free that collective's tensors: the process then
-    # aborted (about 1 run in 40 of the resume test below failed so). The barrier's wait
+    # aborted (1 run in 10 to 43 of the resume test below failed so). The barrier's wait
     # lets the worker finish first, and it must come after every other collective.
     config = small_config(tables)
     config["train"]["epochs"] = 1

@@ -404,7 +404,7 @@ def _train(
     # worker thread frees a finished collective's tensors after the call has returned, and
     # needs the GIL to free a tensor Python has seen; a rank that went straight on to exit
     # could be finalizing by then, and the worker's wait for the GIL aborts the process
-    # ("terminate called without an active exception"; 1 run in about 40). The barrier's
+    # ("terminate called without an active exception"; 1 run in 10 to 43 here). The barrier's
     # wait releases the GIL, so the worker all but certainly finishes first. Rank 0 has only
     # just written its checkpoint: no rank waits long here.
     distributed.barrier()
