@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import torch
 from limits import alternating_seconds, bare_forward, bare_mlp_train_step, mlp
 from peers.columns import LABEL, Columns
@@ -228,7 +227,9 @@ def main() -> None:
     train_rows = metrics["rows"]["train"]
     preprocess_seconds = metrics["preprocess_seconds"]
     model = result.model.to(args.device)
-    test_table = TensorTable.from_encoded(result.preprocessor.transform(pl.read_parquet(args.test)))
+    # From the path, as a user scores a file (and as training encodes its held-out files): a
+    # Parquet file is read a column at a time as it is encoded, never whole.
+    test_table = TensorTable.from_encoded(result.preprocessor.transform(args.test))
     assert test_table.labels is not None
     labels = test_table.labels.numpy()
     probs = predict(model, test_table, batch_size=INFER_BATCH, device=args.device)

@@ -130,3 +130,22 @@ def test_scores_follow_each_training_step(
         expected = unprojected(monkeypatch, model, table, 2048)
         np.testing.assert_allclose(after, expected, rtol=0, atol=1e-6)
         before = after
+
+
+def test_a_table_without_rows_scores_to_empty_arrays() -> None:
+    model, table = model_and_table()
+    wide, deep = inference.predict_parts(model, rows(table, 0, 0))
+    assert wide.shape == deep.shape == (0,) and wide.dtype == deep.dtype == np.float32
+    assert predict(model, rows(table, 0, 0)).shape == (0,)
+
+
+def test_parts_are_each_rows_own_in_table_order() -> None:
+    """Batches of 2048 with a short last one: every row's parts land in its own place."""
+    model, table = model_and_table()
+    wide, deep = inference.predict_parts(model, table, batch_size=2048)
+    model.eval()
+    with torch.no_grad():
+        for start, stop in [(0, 7), (2040, 2056), (4990, 5000)]:
+            expected_wide, expected_deep = model.parts(table.slice(start, stop))
+            np.testing.assert_allclose(wide[start:stop], expected_wide.numpy(), atol=1e-6)
+            np.testing.assert_allclose(deep[start:stop], expected_deep.numpy(), atol=1e-5)

@@ -58,26 +58,32 @@ def predict_parts(
     autocast = mixed_precision(where, precision)  # checks ``precision`` before any work
     was_training = model.training
     model.eval()
-    wide_parts, deep_parts = [], []
+    rows = len(table)
+    # Each batch's parts go straight into their rows of these: they stay on the device until
+    # the end (one copy back, no sync per batch), and no small tensor is kept per batch. Kept
+    # in a list, those landed in the holes a batch's freed buffers left on the CPU heap, so
+    # the next batch's buffers took fresh memory: scoring 200k rows in a training run grew
+    # the heap by 50-90 MB.
+    wide_out = torch.empty(rows, dtype=torch.float32, device=where)
+    deep_out = torch.empty(rows, dtype=torch.float32, device=where)
     try:
         placed = table.place(where)
-        model.check_inputs(placed.slice(0, len(placed)))  # once for all rows, not per batch
+        model.check_inputs(placed.slice(0, rows))  # once for all rows, not per batch
         # made or checked once a call, where its largest batch takes it
-        projected = projected_for(model, min(batch_size, len(placed)), where, precision)
-        # Parts stay on the device until the end: one copy back, no sync per batch.
+        projected = projected_for(model, min(batch_size, rows), where, precision)
+        start = 0
         with autocast:
             for batch in placed.batches(batch_size):
                 batch = batch.to(where, non_blocking=True)
                 first = projected if len(batch) >= PROJECTED_MIN_BATCH else None
                 wide, deep = model.parts(batch, checked=True, projected=first)
-                wide_parts.append(wide.float())
-                deep_parts.append(deep.float())
+                stop = start + len(batch)
+                wide_out[start:stop] = wide
+                deep_out[start:stop] = deep
+                start = stop
     finally:
         model.train(was_training)
-    if not wide_parts:
-        empty = np.zeros(0, dtype=np.float32)
-        return empty, empty
-    return torch.cat(wide_parts).cpu().numpy(), torch.cat(deep_parts).cpu().numpy()
+    return wide_out.cpu().numpy(), deep_out.cpu().numpy()
 
 
 def predict(
