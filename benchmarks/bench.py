@@ -258,6 +258,21 @@ def table(rows: list[dict[str, Any]], limits: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def run_order(repeats: dict[str, int]) -> list[tuple[str, int]]:
+    """``(library, run index)`` in the order to run them: in rounds, each library once a
+    round (in ``repeats``' order), a library with fewer runs in the middle rounds. The VM's
+    speed drifts by up to 2x within minutes, so a peer's one run sits between widedeep's
+    runs rather than after all of them, and ratios to it compare like with like."""
+    rounds = max(repeats.values(), default=0)
+    order = []
+    for round_ in range(rounds):
+        for name, count in repeats.items():
+            first = (rounds - count) // 2  # this library's first round
+            if first <= round_ < first + count:
+                order.append((name, round_ - first))
+    return order
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -306,18 +321,21 @@ def main() -> None:
         python = Path(chosen[name]) if name in chosen else SCRATCH / venv / "bin" / "python"
         if not args.no_peers and (name in chosen or python.exists()):
             runs[name] = (python, ROOT / "benchmarks" / "peers" / script, [])
+    rows_repeats = {
+        name: args.repeats
+        if name.startswith("widedeep") or args.peer_repeats is None
+        else args.peer_repeats
+        for name in runs
+    }
+    reports: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
+    for name, i in run_order(rows_repeats):
+        python, script, extra = runs[name]
+        output = SCRATCH / f"{name}-{i}.json"
+        reports[name].append(run_library(python, script, args, data, output, extra))
+        print(f"{name} run {i + 1} of {rows_repeats[name]} done", flush=True)
     rows = []
-    rows_repeats: dict[str, int] = {}
-    for name, (python, script, extra) in runs.items():
-        repeats = args.repeats
-        if not name.startswith("widedeep") and args.peer_repeats is not None:
-            repeats = args.peer_repeats
-        reports = [
-            run_library(python, script, args, data, SCRATCH / f"{name}-{i}.json", extra)
-            for i in range(repeats)
-        ]
-        rows_repeats[name] = repeats
-        rows.append(summarize(name, reports))
+    for name in runs:
+        rows.append(summarize(name, reports[name]))
         print(f"{name}: {rows[-1]}", flush=True)
 
     hidden = [int(h) for h in args.hidden.split(",")]

@@ -149,3 +149,22 @@ def test_the_scoring_profile_times_predict_its_pieces_and_the_bare_forward(
         assert f"  {line} " in done.stdout
     assert "of the bare forward's rate, and" in done.stdout
     assert "aten::addmm" in done.stdout  # torch.profiler's table of operators
+
+
+def test_runs_go_in_rounds_with_a_peers_single_run_in_the_middle() -> None:
+    """Each round runs every library once; the VM drifts, so a peer's one run sits between
+    widedeep's runs, not after them all."""
+    order = bench.run_order({"widedeep": 3, "widedeep fp32": 3, "keras": 1, "deepctr": 1})
+    assert order == [
+        ("widedeep", 0), ("widedeep fp32", 0),
+        ("widedeep", 1), ("widedeep fp32", 1), ("keras", 0), ("deepctr", 0),
+        ("widedeep", 2), ("widedeep fp32", 2),
+    ]  # fmt: skip
+    assert bench.run_order({"widedeep": 2, "peer": 2}) == [
+        ("widedeep", 0), ("peer", 0), ("widedeep", 1), ("peer", 1)
+    ]  # fmt: skip
+    assert bench.run_order({"widedeep": 4, "peer": 2}) == [
+        ("widedeep", 0), ("widedeep", 1), ("peer", 0), ("widedeep", 2), ("peer", 1),
+        ("widedeep", 3),
+    ]  # fmt: skip
+    assert bench.run_order({}) == []
