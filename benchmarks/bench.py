@@ -5,7 +5,8 @@
 1. makes (or reuses) a synthetic Criteo-shaped data set in bench-scratch/data (or, with
    ``--data adult``, writes the bundled UCI Adult census table there, split 80/20);
 2. trains and scores widedeep, and each peer whose virtual environment exists (create them
-   with ``benchmarks/peers/setup_envs.py``), each in its own process, ``--repeats`` times;
+   with ``benchmarks/peers/setup_envs.py``), each in its own process, ``--repeats`` times,
+   in rounds (``run_order``);
 3. measures the limits of this machine in the same run: the bare-MLP rate and a matmul
    roofline (``limits.py``);
 4. prints one table and writes it, with the command, machine and date, to

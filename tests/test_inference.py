@@ -146,8 +146,8 @@ def test_a_table_without_rows_scores_to_empty_arrays() -> None:
 def test_parts_are_each_rows_own_in_table_order(combine: str, precision: str) -> None:
     """Batches of 2048 with a short last one: every row's wide and deep parts land in their
     own place, as the whole table scored in one batch gives them."""
+    _, table = model_and_table()
     torch.manual_seed(0)
-    model, table = model_and_table()
     model = WideDeep.from_layout(
         LAYOUT, hidden_units=[16, 8], sparse_gradients=True, combine=combine
     )
