@@ -32,6 +32,7 @@ from widedeep.features.preprocessor import Preprocessor
 from widedeep.inference import predict
 from widedeep.model import gather
 from widedeep.optim import FTRL, LazyAdagrad, LazyAdam
+from widedeep.optim.eager import SGD, Adagrad, Adam
 from widedeep.tables import ParquetColumns
 from widedeep.training import loop
 from widedeep.training.loop import EarlyStopping, TrainResult, train
@@ -465,12 +466,12 @@ def test_each_optimizer_pairing_trains(
 @pytest.mark.parametrize(
     ("wide", "deep", "sparse", "expected"),
     [
-        ("ftrl", "adagrad", True, [FTRL, LazyAdagrad, torch.optim.Adagrad]),
-        ("ftrl", "adagrad", False, [FTRL, torch.optim.Adagrad]),
-        ("ftrl", "adam", True, [FTRL, LazyAdam, torch.optim.Adam]),
-        ("ftrl", "adam", False, [FTRL, torch.optim.Adam]),
-        ("adam", "adam", True, [LazyAdam, torch.optim.Adam] * 2),
-        ("sgd", "sgd", True, [torch.optim.SGD, torch.optim.SGD]),
+        ("ftrl", "adagrad", True, [FTRL, LazyAdagrad, Adagrad]),
+        ("ftrl", "adagrad", False, [FTRL, Adagrad]),
+        ("ftrl", "adam", True, [FTRL, LazyAdam, Adam]),
+        ("ftrl", "adam", False, [FTRL, Adam]),
+        ("adam", "adam", True, [LazyAdam, Adam] * 2),
+        ("sgd", "sgd", True, [SGD, SGD]),
     ],
 )
 def test_build_optimizers_picks_one_per_part(

@@ -11,14 +11,15 @@ from typing import overload
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, ParamsT
+from torch.optim.optimizer import ParamsT
 
 from widedeep import kernels
 from widedeep.errors import ConfigError
+from widedeep.optim.eager import EagerOptimizer
 from widedeep.optim.rows import RowSums
 
 
-class FTRL(Optimizer):
+class FTRL(EagerOptimizer):
     """FTRL-Proximal with L1 and L2 regularization (McMahan et al., KDD 2013).
 
     Per coordinate, with gradient ``g``, state ``z`` and ``n`` (zeros at first) and

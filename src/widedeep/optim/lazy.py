@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from widedeep import kernels
 from widedeep.errors import ConfigError
+from widedeep.optim.eager import EagerOptimizer
 from widedeep.optim.rows import RowSums
 
 
@@ -30,7 +30,7 @@ def _run(closure: Callable[[], float] | None) -> float | None:
         return closure()
 
 
-class LazyAdam(Optimizer):
+class LazyAdam(EagerOptimizer):
     """Adam whose moments and weights change only on the rows a batch touches.
 
     As TensorFlow's LazyAdam: an untouched row keeps its moments (they are not decayed
@@ -100,7 +100,7 @@ class LazyAdam(Optimizer):
         return loss
 
 
-class LazyAdagrad(Optimizer):
+class LazyAdagrad(EagerOptimizer):
     """AdaGrad (the paper's deep-part optimizer) updating only the touched rows."""
 
     def __init__(
