@@ -170,7 +170,7 @@ def test_hooks_run_once_a_step_after_torchs_class_was_hooked(compiler_loaded: bo
     assert calls == ["pre", "post"]
 
 
-def test_step_returns_the_closures_loss() -> None:
+def test_step_returns_the_closures_loss(compiler_loaded: bool) -> None:
     params, _ = _twin_params()
     ours = SGD(params, lr=0.1)
 
@@ -184,3 +184,59 @@ def test_step_returns_the_closures_loss() -> None:
     loss = ours.step(closure)
     assert loss is not None and loss.item() == pytest.approx(before)
     assert _loss(params, 0).item() < before
+
+
+@pytest.mark.parametrize("make", [Adam, torch.optim.Adam], ids=["ours", "torch"])
+def test_a_differentiable_step_records_its_graph(compiler_loaded: bool, make: type) -> None:
+    """``differentiable=True`` steps with gradients on (the update joins the graph), as
+    torch's wrapper sets it; otherwise the update is recorded nowhere."""
+    for differentiable in (True, False):
+        leaf = torch.randn(3, requires_grad=True)
+        param = leaf.clone() if differentiable else leaf  # only then may it be a non-leaf
+        before = param.grad_fn
+        optimizer = make([param], lr=0.1, differentiable=differentiable)
+        param.grad = torch.ones(3)
+        optimizer.step()
+        assert (param.grad_fn is not before) == differentiable
+
+
+def test_zero_grad_keeps_zeroed_gradients_when_asked(compiler_loaded: bool) -> None:
+    params, _ = _twin_params()
+    ours = Adagrad(params, lr=0.1)
+    _loss(params, 0).backward()
+    ours.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in params)
+
+
+def test_under_torch_compile_it_traces_as_torchs_does() -> None:
+    """With the compiler loaded, ours goes through torch's wrappers: a compiled training
+    step breaks its graph and calls where torch's own Adam makes it do so."""
+    dynamo = pytest.importorskip("torch._dynamo")
+    from torch._dynamo.utils import counters
+
+    seen = []
+    for make in (Adam, torch.optim.Adam):
+        dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(4, 1)
+        optimizer = make(layer.parameters(), lr=0.01, foreach=True)
+        x = torch.randn(8, 4)
+
+        def train_step(
+            layer: torch.nn.Module = layer, optimizer: Any = optimizer, x: torch.Tensor = x
+        ) -> None:
+            optimizer.zero_grad()
+            layer(x).pow(2).mean().backward()
+            optimizer.step()
+
+        compiled = torch.compile(train_step, backend="eager")
+        for _ in range(3):
+            compiled()
+        weights = [p.detach().clone() for p in layer.parameters()]
+        seen.append((dict(counters["stats"]), len(counters["graph_break"]), weights))
+    dynamo.reset()
+    (ours_stats, ours_breaks, ours_weights), (stats, breaks, weights) = seen
+    assert ours_breaks == breaks > 0
+    assert ours_stats == stats
+    assert all(torch.equal(a, b) for a, b in zip(ours_weights, weights, strict=True))

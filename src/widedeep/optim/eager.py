@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from types import CodeType
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
+from torch.optim import optimizer as torch_optimizer
 
 
 def _compiler_loaded() -> bool:
@@ -26,13 +28,36 @@ def _compiler_loaded() -> bool:
     return "torch._dynamo" in sys.modules
 
 
+def _wrapper_code(make: Callable[[Callable[..., Any]], Any] | None) -> CodeType | None:
+    """The code of the wrappers ``make`` puts around a function (None if this torch has no
+    such decorator): wrapping loads nothing, only a wrapper's first call does."""
+    if make is None:
+        return None
+    try:
+        code: CodeType = make(lambda *args: None).__code__
+    except (AttributeError, TypeError):
+        return None
+    return code
+
+
+# The wrappers known to do nothing outside a trace. Where a torch wraps these methods in
+# anything else, it is always called.
+_DISABLE_DYNAMO = _wrapper_code(getattr(torch, "_disable_dynamo", None))
+_GRAD_MODE = _wrapper_code(getattr(torch_optimizer, "_use_grad_for_differentiable", None))
+
+
+def _inside(wrapper: Callable[..., Any], known: CodeType | None) -> Callable[..., Any] | None:
+    """The function ``wrapper`` calls, if ``wrapper`` is one of the ``known`` wrappers and
+    no compiler is loaded; else None (call ``wrapper`` itself)."""
+    if known is None or getattr(wrapper, "__code__", None) is not known or _compiler_loaded():
+        return None
+    return getattr(wrapper, "__wrapped__", None)
+
+
 def _call(wrapped: Callable[..., Any], optimizer: Optimizer, *args: Any) -> Any:
-    """``wrapped(*args)`` (a bound torch method), or the function its wrapper calls where
-    no compiler is loaded."""
-    inner = getattr(wrapped, "__wrapped__", None)
-    if inner is None or _compiler_loaded():
-        return wrapped(*args)
-    return inner(optimizer, *args)
+    """``wrapped(*args)`` (a bound torch method), or the function inside its wrapper."""
+    inner = _inside(wrapped, _DISABLE_DYNAMO)
+    return wrapped(*args) if inner is None else inner(optimizer, *args)
 
 
 class EagerOptimizer(Optimizer):
@@ -58,19 +83,21 @@ class EagerOptimizer(Optimizer):
 
 
 def _torch_step(kind: type[Optimizer]) -> Callable[..., Any]:
-    """``kind``'s own ``step``, less the profiling hook that torch puts around a class's
+    """``kind``'s ``step``, less the profiling hook that torch puts around a class's
     ``step`` when the first optimizer of that class is made (ours get their own hook)."""
-    step = kind.__dict__["step"]
-    unhooked: Callable[..., Any] = step.__wrapped__ if getattr(step, "hooked", False) else step
+    step = next(k.__dict__["step"] for k in kind.__mro__ if "step" in k.__dict__)
+    unhooked: Callable[..., Any] = (
+        getattr(step, "__wrapped__", step) if getattr(step, "hooked", False) else step
+    )
     return unhooked
 
 
 def _eager_step(optimizer: Optimizer, kind: type[Optimizer], closure: Any) -> Any:
-    """One ``kind.step`` of ``optimizer``: torch's step function, under the grad mode its
-    wrapper sets, where no compiler is loaded; else through the wrapper."""
+    """One ``kind.step`` of ``optimizer``: the function inside torch's wrapper, under the
+    grad mode the wrapper sets, where no compiler is loaded; else through the wrapper."""
     step = _torch_step(kind)
-    inner = getattr(step, "__wrapped__", None)
-    if inner is None or _compiler_loaded():
+    inner = _inside(step, _GRAD_MODE)
+    if inner is None:
         return step(optimizer, closure)
     with torch.set_grad_enabled(optimizer.defaults.get("differentiable", False)):
         return inner(optimizer, closure)
