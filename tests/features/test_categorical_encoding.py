@@ -319,3 +319,49 @@ def test_fit_transform_takes_ids_from_the_fit_and_transform_looks_them_up(
     looked_up = pre.transform(pl.DataFrame({"country": TRAIN}))
     assert lookups == [4]
     np.testing.assert_array_equal(fitted.ids, looked_up.ids)
+
+
+def test_columns_of_every_code_width_take_their_vocabulary_ids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A column's codes are held in int8, int16 or int32 by its count of distinct values:
+    10, 300 and 40,000 values (and nulls) each take their own vocabulary's ids, fitted and
+    looked up, with the compiled tables and with Arrow."""
+    rows = 80_000
+    rng = np.random.default_rng(3)
+    numbers = {
+        "few": rng.integers(0, 10, rows),
+        "some": rng.integers(0, 300, rows),
+        "many": rng.permutation(np.arange(rows) % 40_000),
+    }
+    null = np.arange(rows) % 9 == 4
+    frame = pl.DataFrame(
+        {
+            name: [None if gone else f"v{v}" for v, gone in zip(values, null, strict=True)]
+            for name, values in numbers.items()
+        }
+    )
+    names = list(frame.columns)
+    schema = FeatureSchema.from_dict(
+        {"features": [{"name": n, "kind": "categorical"} for n in names]}
+    )
+
+    def expected(pre: Preprocessor) -> np.ndarray:
+        state = pre.to_dict()["state"]
+        columns = []
+        for name in names:
+            position = {v: i for i, v in enumerate(state[name]["vocabulary"])}
+            columns.append(
+                [FIRST_ID + position[v] if v is not None else UNKNOWN_ID for v in frame[name]]
+            )
+        return np.array(columns).T
+
+    for enabled in (True, False):
+        monkeypatch.setattr(preprocessing.strings, "ENABLED", enabled)
+        monkeypatch.setattr(preprocessing, "_VOCABULARY_INDEXES", {})
+        pre = Preprocessor(schema)
+        fitted = pre.fit_transform(frame)
+        few, some, many = (len(pre.to_dict()["state"][n]["vocabulary"]) for n in names)
+        assert few == 10 and some == 300 and many > 32_767  # int8, int16, int32 codes
+        np.testing.assert_array_equal(fitted.ids, expected(pre))
+        np.testing.assert_array_equal(pre.transform(frame).ids, expected(pre))

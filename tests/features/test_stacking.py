@@ -6,14 +6,25 @@ import numpy as np
 import pytest
 
 from widedeep.features import stacking
-from widedeep.features.stacking import CodedIds, stack_ids
+from widedeep.features.stacking import CodedIds, narrowest_codes, stack_ids
 
 
 def _columns(n: int, seed: int = 0) -> list[np.ndarray | CodedIds]:
     rng = np.random.default_rng(seed)
     coded = CodedIds(rng.integers(-1, 5, n).astype(np.int32), np.array([7, 8, 9, 10, 11, 1]))
     plain = rng.integers(0, 1000, n)
-    return [plain, coded, plain[::-1].copy(), CodedIds(np.zeros(n, np.int32), np.array([3, 1]))]
+    # codes of every width a column may be held in (``narrowest_codes``)
+    narrow = [
+        CodedIds(rng.integers(-1, 5, n).astype(width), np.array([7, 8, 9, 10, 11, 1]))
+        for width in (np.int8, np.int16)
+    ]
+    return [
+        plain,
+        coded,
+        plain[::-1].copy(),
+        CodedIds(np.zeros(n, np.int32), np.array([3, 1])),
+        *narrow,
+    ]
 
 
 def _reference(columns: list[np.ndarray | CodedIds]) -> np.ndarray:
@@ -49,3 +60,14 @@ def test_rows_split_over_threads_give_the_same_matrix(monkeypatch: pytest.Monkey
 
 def test_no_columns_give_an_empty_matrix() -> None:
     assert stack_ids([], 4).shape == (4, 0)
+
+
+@pytest.mark.parametrize(
+    ("count", "width"),
+    [(0, np.int8), (127, np.int8), (128, np.int16), (32_767, np.int16), (32_768, np.int32)],
+)
+def test_codes_take_the_narrowest_type_that_holds_them(count: int, width: type) -> None:
+    codes = np.array([-1, 0, max(count - 1, 0), -1], dtype=np.int32)
+    narrow = narrowest_codes(codes, count)
+    assert narrow.dtype == width
+    assert narrow.tolist() == codes.tolist()

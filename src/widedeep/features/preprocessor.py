@@ -44,7 +44,15 @@ from widedeep.features.schema import (
     MultiCategoricalFeature,
     NumericFeature,
 )
-from widedeep.features.stacking import CodedIds, Column, IdMatrix, over_row_ranges, stack_ids
+from widedeep.features.stacking import (
+    CodeArray,
+    CodedIds,
+    Column,
+    IdMatrix,
+    narrowest_codes,
+    over_row_ranges,
+    stack_ids,
+)
 from widedeep.tables import ColumnTable, TableSource, describe_source, read_columns, read_table
 
 STATE_VERSION = 1
@@ -838,7 +846,7 @@ class _Codes:
     null) and each value's count. One hash pass over the rows serves both fitting (counts)
     and encoding (ids)."""
 
-    indices: NDArray[np.int32]
+    indices: CodeArray  # the narrowest signed type that holds them (``narrowest_codes``)
     dictionary: pa.Array
     value_counts: NDArray[np.int64]
     # vocabularies fitted on these very codes (id -> (vocabulary, each value's position)):
@@ -850,14 +858,16 @@ class _Codes:
     @classmethod
     def of(cls, values: pl.Series) -> _Codes:
         if strings.ENABLED:
-            return cls(*strings.distinct(values))
+            indices, dictionary, counts = strings.distinct(values)
+            return cls(narrowest_codes(indices, len(dictionary)), dictionary, counts)
         column = strings.as_large_strings(values)
         encoded = pc.dictionary_encode(column)
         indices = np.asarray(
             pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False), dtype=np.int32
         )
         counts = np.bincount(indices[indices >= 0], minlength=len(encoded.dictionary))
-        return cls(indices, encoded.dictionary, counts.astype(np.int64))
+        dictionary = encoded.dictionary
+        return cls(narrowest_codes(indices, len(dictionary)), dictionary, counts.astype(np.int64))
 
     @functools.cached_property
     def value_hashes(self) -> NDArray[np.uint64]:
@@ -1222,7 +1232,8 @@ def warm_up() -> None:
         values = pl.Series(["", "a value longer than twelve bytes", None])
         _, dictionary, _ = strings.distinct(values)
         strings.StringIndex(dictionary).positions(values)
-    stack_ids([np.zeros(1, np.int64), CodedIds(np.zeros(1, np.int32), np.ones(1, np.int64))], 1)
+    for width in (np.int8, np.int16, np.int32):  # a column's codes take one of these
+        stack_ids([np.zeros(1, np.int64), CodedIds(np.zeros(1, width), np.ones(1, np.int64))], 1)
 
 
 PARALLEL_ROWS = 50_000  # below this, threads cost more than they save

@@ -23,6 +23,7 @@ from widedeep.jit import AVAILABLE, compiled
 
 IdArray = NDArray[np.int64]
 IdMatrix = NDArray[np.int32]  # the id matrix: every id is below its field's cardinality, < 2**31
+CodeArray = NDArray[np.int8] | NDArray[np.int16] | NDArray[np.int32]
 # Rows per block: 4096 x 26 fields x 4 bytes = 426 kB, inside L2. Each block calls one
 # compiled loop per column (a loop over all columns would take them as a numba typed list,
 # whose methods compile anew in every process: seconds, on the first table encoded).
@@ -30,12 +31,25 @@ _BLOCK = 4096
 _ROWS_PER_THREAD = 100_000  # fewer rows than this per thread: threads cost more than they save
 
 
+def narrowest_codes(codes: NDArray[np.int32], count: int) -> CodeArray:
+    """``codes`` (-1 for null, else below ``count``, the column's distinct values) in the
+    narrowest signed type that holds them. A column's codes are held until the id matrix
+    is filled; at 10M rows, the benchmark's 26 columns (10 to 313,924 distinct values)
+    take 620 MB so against 1,040 MB in int32."""
+    for width in (np.int8, np.int16):
+        if count <= np.iinfo(width).max:
+            narrow: CodeArray = codes.astype(width)
+            return narrow
+    return codes
+
+
 @dataclass(frozen=True)
 class CodedIds:
-    """A column's ids, held as each row's value number (``codes``, -1 for null) and each
-    number's id (``id_of``, whose last entry is the id of a null row)."""
+    """A column's ids, held as each row's value number (``codes``, -1 for null; int8,
+    int16 or int32) and each number's id (``id_of``, whose last entry is the id of a null
+    row)."""
 
-    codes: NDArray[np.int32]
+    codes: CodeArray
     id_of: IdArray
 
     def __len__(self) -> int:
