@@ -546,3 +546,17 @@ def test_settings_are_checked_all_at_once() -> None:
         ServeSettings(max_rows=0, threads=-1, precision="fp16")
     with pytest.raises(ConfigError, match="bogus"):
         serve("no-such-bundle", bogus=1)
+
+
+def test_the_server_loads_its_compiled_loops_before_the_first_request(
+    ctr: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Including those a blank row does not reach: the id copy of a column with more than
+    127 distinct values in a request (int16 codes)."""
+    calls: list[str] = []
+    warm = serve_module.preprocessing.warm_up
+    monkeypatch.setattr(
+        serve_module.preprocessing, "warm_up", lambda: calls.append("warm") or warm()
+    )
+    build_app(ctr)
+    assert calls == ["warm"]

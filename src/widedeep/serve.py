@@ -36,6 +36,7 @@ from widedeep.bundle import Bundle, load_bundle, package_version
 from widedeep.data.interactions import key_positions
 from widedeep.data.tensors import TensorTable
 from widedeep.errors import ConfigError, SchemaError
+from widedeep.features import preprocessor as preprocessing
 from widedeep.features.preprocessor import SideTable
 from widedeep.features.schema import FeatureSchema
 from widedeep.inference import predict_parts
@@ -425,6 +426,7 @@ class _Service:
         (encoding, lookups) compiles it or loads it from numba's cache, which can take
         longer than a request may, so it is paid here, at startup. So is making the
         projected first layer, where the micro-batches are large enough to take it."""
+        preprocessing.warm_up()  # also the loops a blank row does not reach (wide columns)
         frame = pl.DataFrame([c.series([_BLANK[c.type]]) for c in self.columns])
         table, _ = self.bundle.encode(frame, with_labels=False)
         settings = self.settings

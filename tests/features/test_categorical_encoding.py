@@ -362,6 +362,8 @@ def test_columns_of_every_code_width_take_their_vocabulary_ids(
         pre = Preprocessor(schema)
         fitted = pre.fit_transform(frame)
         few, some, many = (len(pre.to_dict()["state"][n]["vocabulary"]) for n in names)
-        assert few == 10 and some == 300 and many > 32_767  # int8, int16, int32 codes
+        assert few == 10 and some == 300 and many > 32_767
+        widths = [preprocessing._Codes.of(frame.get_column(n)).indices.dtype for n in names]
+        assert widths == [np.int8, np.int16, np.int32]  # held in 1, 2 and 4 bytes a row
         np.testing.assert_array_equal(fitted.ids, expected(pre))
         np.testing.assert_array_equal(pre.transform(frame).ids, expected(pre))

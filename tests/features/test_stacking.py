@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -71,3 +74,21 @@ def test_codes_take_the_narrowest_type_that_holds_them(count: int, width: type) 
     narrow = narrowest_codes(codes, count)
     assert narrow.dtype == width
     assert narrow.tolist() == codes.tolist()
+
+
+def test_warm_up_loads_the_id_copy_for_every_code_type() -> None:
+    """A table (or a served request) with a wider column than any before must not compile
+    its loop then: the warm-up has loaded all three (in a fresh process, where no other
+    test has)."""
+    if not stacking.AVAILABLE:
+        pytest.skip("numba is not installed")
+    script = (
+        "from widedeep.features import stacking\n"
+        "stacking.warm_up()\n"
+        "print(sorted({str(s[0].dtype) for s in stacking._copy_coded.signatures}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['int16', 'int32', 'int8']"

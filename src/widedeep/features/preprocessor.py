@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from widedeep.errors import NotFittedError, SchemaError
-from widedeep.features import hashing, strings
+from widedeep.features import hashing, stacking, strings
 from widedeep.features.layout import FeatureLayout, SparseField, default_embedding_dim
 from widedeep.features.schema import (
     FIRST_ID,
@@ -1232,8 +1232,7 @@ def warm_up() -> None:
         values = pl.Series(["", "a value longer than twelve bytes", None])
         _, dictionary, _ = strings.distinct(values)
         strings.StringIndex(dictionary).positions(values)
-    for width in (np.int8, np.int16, np.int32):  # a column's codes take one of these
-        stack_ids([np.zeros(1, np.int64), CodedIds(np.zeros(1, width), np.ones(1, np.int64))], 1)
+    stacking.warm_up()  # each type a column's codes may take
 
 
 PARALLEL_ROWS = 50_000  # below this, threads cost more than they save

@@ -109,6 +109,14 @@ def stack_ids(columns: Sequence[Column], n: int) -> IdMatrix:
     return out
 
 
+def warm_up() -> None:
+    """Load the id copy for each type a column's codes may take (compiling it where no cache
+    holds it), so that no table, or served request, pays it for a column wider than the
+    last one seen."""
+    for width in (np.int8, np.int16, np.int32):
+        stack_ids([np.zeros(1, np.int64), CodedIds(np.zeros(1, width), np.ones(1, np.int64))], 1)
+
+
 def over_row_ranges(fill: Callable[[int, int], None], n: int) -> None:
     """``fill(first, last)`` over rows 0 .. n - 1, split into one range per thread for large
     tables (the loops that fill a matrix release the GIL): most of their time is the first
