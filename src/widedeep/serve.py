@@ -426,7 +426,7 @@ class _Service:
         (encoding, lookups) compiles it or loads it from numba's cache, which can take
         longer than a request may, so it is paid here, at startup. So is making the
         projected first layer, where the micro-batches are large enough to take it."""
-        preprocessing.warm_up()  # also the loops a blank row does not reach (wide columns)
+        preprocessing.warm_up()  # also what a blank row does not reach (int16/int32 codes)
         frame = pl.DataFrame([c.series([_BLANK[c.type]]) for c in self.columns])
         table, _ = self.bundle.encode(frame, with_labels=False)
         settings = self.settings

@@ -846,7 +846,7 @@ class _Codes:
     null) and each value's count. One hash pass over the rows serves both fitting (counts)
     and encoding (ids)."""
 
-    indices: CodeArray  # the narrowest signed type that holds them (``narrowest_codes``)
+    indices: CodeArray  # int8, int16 or int32 by the count of values (``narrowest_codes``)
     dictionary: pa.Array
     value_counts: NDArray[np.int64]
     # vocabularies fitted on these very codes (id -> (vocabulary, each value's position)):
