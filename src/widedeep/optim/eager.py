@@ -13,6 +13,7 @@ the process), they call the wrappers, as torch's own classes do.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from types import CodeType
@@ -82,9 +83,11 @@ class EagerOptimizer(Optimizer):
         _call(super().load_state_dict, self, state_dict)
 
 
-def _torch_step(kind: type[Optimizer]) -> Callable[..., Any]:
+@functools.cache
+def _torch_step(kind: type) -> Callable[..., Any]:
     """``kind``'s ``step``, less the profiling hook that torch puts around a class's
-    ``step`` when the first optimizer of that class is made (ours get their own hook)."""
+    ``step`` when the first optimizer of that class is made (ours get their own hook). The
+    same function whether or not the hook is there yet: looked up once per class."""
     step = next(k.__dict__["step"] for k in kind.__mro__ if "step" in k.__dict__)
     unhooked: Callable[..., Any] = (
         getattr(step, "__wrapped__", step) if getattr(step, "hooked", False) else step
@@ -92,7 +95,7 @@ def _torch_step(kind: type[Optimizer]) -> Callable[..., Any]:
     return unhooked
 
 
-def _eager_step(optimizer: Optimizer, kind: type[Optimizer], closure: Any) -> Any:
+def _eager_step(optimizer: Optimizer, kind: type, closure: Any) -> Any:
     """One ``kind.step`` of ``optimizer``: the function inside torch's wrapper, under the
     grad mode the wrapper sets, where no compiler is loaded; else through the wrapper."""
     step = _torch_step(kind)
