@@ -35,7 +35,7 @@ def narrowest_codes(codes: NDArray[np.int32], count: int) -> CodeArray:
     """``codes`` (-1 for null, else below ``count``, the column's distinct values) in int8
     for up to 127 values, int16 for up to 32,767, else int32 (each bound one short of what
     the type could hold). A column's codes are held until the id matrix is filled; at 10M
-    rows, the benchmark's 26 columns (10 to 313,924 distinct values) take 620 MB so against
+    rows, the benchmark's 26 columns (10 to 313,924 distinct values) take 620 MB against
     1,040 MB in int32."""
     for width in (np.int8, np.int16):
         if count <= np.iinfo(width).max:
